@@ -1,0 +1,1 @@
+/* http_classify.c - being written */

@@ -1,0 +1,1 @@
+/* mms_classify.c - being written */

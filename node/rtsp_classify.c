@@ -1,0 +1,1 @@
+/* rtsp_classify.c - being written */

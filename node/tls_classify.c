@@ -1,0 +1,1 @@
+/* tls_classify.c - being written */

@@ -1,0 +1,1 @@
+/* tls_probe.c - being written */

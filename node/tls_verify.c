@@ -1,0 +1,1 @@
+/* tls_verify.c - being written */

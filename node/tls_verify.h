@@ -1,0 +1,36 @@
+/* tls_verify.h - verify a server certificate chain against a trust store and
+ * match it to the name the client asked for (OpenSSL). Used on the chain the
+ * TLS classifier saw (TLS <= 1.2) and by the TLS 1.3 probe.
+ *
+ * A tls_verify_store is built once from the system trust store or a
+ * configured CA bundle and is read-only afterwards, so every proxy thread may
+ * use the same one.
+ */
+#ifndef PORTCULLIS_TLS_VERIFY_H
+#define PORTCULLIS_TLS_VERIFY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct tls_verify_store tls_verify_store;
+
+/* ca_file NULL or "": the system default paths. Returns NULL and fills err
+ * (naming the file and OpenSSL's reason) on failure. Caller frees with
+ * tls_verify_store_free. */
+tls_verify_store *tls_verify_store_new(const char *ca_file, char *err, size_t errlen);
+void tls_verify_store_free(tls_verify_store *s);
+/* The underlying X509_STORE (for SSL_CTX_set1_verify_cert_store). Borrowed. */
+void *tls_verify_store_x509(tls_verify_store *s);
+
+/* Verifies the DER chain (leaf first) at the current time and, when name is
+ * not empty, that the leaf is valid for it (DNS name or IP address).
+ * Returns 0 when it verifies; otherwise -1 with a reason in reason
+ * ("certificate-untrusted: self-signed certificate", "certificate-name-
+ * mismatch: www.example.com", "certificate-expired", "certificate-parse").
+ * names (optional) receives the leaf's DNS names, comma-separated, for the
+ * domain policy check, even when verification fails. */
+int tls_verify_chain(tls_verify_store *s, const uint8_t *const *der, const size_t *der_len,
+                     size_t n, const char *name, char *reason, size_t reasonlen,
+                     char *names, size_t nameslen);
+
+#endif

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# deps.sh - install the Debian 12 packages Portcullis builds, tests and
+# benchmarks with. Idempotent: installs only what is missing, so a second run
+# does nothing and needs no network.
+set -euo pipefail
+
+build=(build-essential cmake pkg-config libuv1-dev libssl-dev libwebsockets-dev libsqlite3-dev
+       libcjson-dev libmicrohttpd-dev libcunit1-dev libnftables-dev)
+# Real clients and peers the system tests drive.
+test=(curl wget openssl python3 ca-certificates iproute2 nftables procps)
+# Side-by-side benchmarks (tests/bench/).
+bench=(wrk haproxy squid)
+
+want=("${build[@]}" "${test[@]}")
+if [ "${1:-}" = "--bench" ]; then
+  want+=("${bench[@]}")
+fi
+
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "deps: installing ${missing[*]}" >&2
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,1 @@
+/* pc_cidr.c - being written */

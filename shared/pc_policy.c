@@ -1,0 +1,1 @@
+/* pc_policy.c - being written */
