@@ -1,0 +1,43 @@
+/* events.h - the node's event log: one JSON object per line (time, type,
+ * source, destination, port, group, verdict, reason, bytes), written to
+ * stdout or a file by any proxy thread. The shape is what the agent link will
+ * ship to the controller (docs/events.md).
+ */
+#ifndef PORTCULLIS_EVENTS_H
+#define PORTCULLIS_EVENTS_H
+
+#include <stdint.h>
+#include <sys/socket.h>
+
+typedef struct ev_sink ev_sink;
+
+/* path NULL or "-": stdout. The file is opened for append. Returns NULL and
+ * fills err on failure. */
+ev_sink *ev_sink_open(const char *path, char *err, size_t errlen);
+void ev_sink_close(ev_sink *s);
+/* Reopens the file (after log rotation); a no-op for stdout. */
+int ev_sink_reopen(ev_sink *s);
+
+typedef struct pc_event {
+    const char *type;    /* "block", "exception", "allow" */
+    const char *reason;  /* stable code, e.g. "http-obs-fold", "blocked-domain" */
+    const char *detail;  /* free text (the rule, the classifier's detail), or NULL */
+    const struct sockaddr *src;
+    const char *dst_host;            /* name the client asked for, or NULL */
+    const struct sockaddr *dst_addr; /* address connected to, or NULL */
+    uint16_t port;
+    const char *proto;   /* classifier on the port: http, tls, rtsp, mms */
+    const char *group;
+    uint64_t policy_version;
+    uint64_t bytes_up, bytes_down;
+} pc_event;
+
+/* Writes one line; thread-safe; never fails the caller (a failed write is
+ * counted and reported on stderr once). */
+void ev_emit(ev_sink *s, const pc_event *e);
+
+/* Formats e as one JSON line (with '\n') into buf; returns its length, or
+ * the length it would need when buflen is too small. */
+size_t ev_format(const pc_event *e, char *buf, size_t buflen);
+
+#endif
