@@ -55,6 +55,7 @@ typedef struct half {
     size_t ok, fed;
     bool event_pending; /* the unit at [ok, fed) awaits its policy check */
     bool waiting;       /* that check waits on something asynchronous */
+    bool checked;       /* its policy checks ran (they run once per unit) */
     bool eof;           /* the source half-closed */
     bool shut;          /* the destination's write side was shut down */
     bool writing;       /* a uv_write of [0, wlen) is in flight */
@@ -85,7 +86,6 @@ struct conn {
     bool up_connected;
     bool connecting;
     bool first_done;    /* first unit from the client approved */
-    bool event_checked;
     bool switch_pending;
     bool blocked;
     pc_proto tunnel_proto; /* explicit CONNECT: the port's protocol */
@@ -135,6 +135,7 @@ static void pump(conn *c, cls_dir dir);
 static void flush(conn *c, cls_dir dir);
 static void update_reading(conn *c, cls_dir dir);
 static void arm_timer(conn *c);
+static void maybe_switch(conn *c);
 
 /* ---- small helpers ---------------------------------------------------- */
 
@@ -595,6 +596,7 @@ static void tunnel_established(conn *c)
         c->ops->init(c->cls);
     }
     c->tunnel = true;
+    c->head_deadline = uv_now(&c->w->loop) + pc_policy_proxy(c->policy)->header_timeout_ms;
     static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
     if (send_to_client(c, ok, sizeof(ok) - 1, NULL) != 0) {
         conn_close(c);
@@ -830,14 +832,14 @@ static hresult on_http_request(conn *c, const http_request_info *r)
             snprintf(detail, sizeof(detail), "HTTP to port %u", port);
             return block(c, CLS_C2S, "port-not-allowed", detail);
         }
-        if (!c->event_checked) {
+        if (!c->h[CLS_C2S].checked) {
             snprintf(c->host, sizeof(c->host), "%s", r->host);
             c->port = port;
             if (check_host(c, CLS_C2S, r->host, "host") == H_CLOSED ||
                 check_path(c, CLS_C2S, r->path) == H_CLOSED)
                 return H_CLOSED;
             rewrite_request_line(c, r);
-            c->event_checked = true;
+            c->h[CLS_C2S].checked = true;
         }
         if (c->up_connected && strcmp(c->up_host, c->host) == 0 && c->up_port == port)
             return H_CONTINUE;
@@ -845,7 +847,8 @@ static hresult on_http_request(conn *c, const http_request_info *r)
             return H_WAIT;
         if (c->up) {
             /* Another origin: wait for the responses in flight, then switch. */
-            if (http_classify_outstanding(c->cls) > 1) {
+            const half *s2c = &c->h[CLS_S2C];
+            if (http_classify_outstanding(c->cls) > 1 || s2c->len != 0 || s2c->writing) {
                 c->switch_pending = true;
                 update_reading(c, CLS_C2S);
                 return H_WAIT;
@@ -862,13 +865,13 @@ static hresult on_http_request(conn *c, const http_request_info *r)
     if (r->form == HTTP_FORM_AUTHORITY)
         return block(c, CLS_C2S, "http-connect-not-proxy",
                      "CONNECT sent to an origin server");
-    if (!c->event_checked) {
+    if (!c->h[CLS_C2S].checked) {
         if (r->host[0])
             snprintf(c->host, sizeof(c->host), "%s", r->host);
         if (check_host(c, CLS_C2S, r->host, "host") == H_CLOSED ||
             check_path(c, CLS_C2S, r->path) == H_CLOSED)
             return H_CLOSED;
-        c->event_checked = true;
+        c->h[CLS_C2S].checked = true;
     }
     return ensure_upstream(c);
 }
@@ -985,23 +988,16 @@ static hresult on_event(conn *c, cls_dir dir, int ev)
             return on_http_request(c, http_classify_request(c->cls));
         if (ev == HTTP_EV_RESPONSE_HEAD && dir == CLS_S2C)
             return on_http_response(c, http_classify_response(c->cls));
-        if (ev == HTTP_EV_MESSAGE_END && dir == CLS_S2C && c->switch_pending &&
-            http_classify_outstanding(c->cls) <= 1) {
-            c->switch_pending = false;
-            /* Re-run the waiting request's check once this response is out. */
-            c->h[CLS_C2S].waiting = false;
-            update_reading(c, CLS_C2S);
-        }
         return H_CONTINUE;
     case PC_PROTO_TLS: {
         const tls_info *ti = tls_classify_info(c->cls);
         if (ev == TLS_EV_CLIENT_HELLO) {
-            if (!c->event_checked) {
+            if (!c->h[CLS_C2S].checked) {
                 if (check_host(c, CLS_C2S, ti->sni, "server name") == H_CLOSED)
                     return H_CLOSED;
                 if (ti->sni[0] && !c->host[0])
                     snprintf(c->host, sizeof(c->host), "%s", ti->sni);
-                c->event_checked = true;
+                c->h[CLS_C2S].checked = true;
             }
             return ensure_upstream(c);
         }
@@ -1014,11 +1010,11 @@ static hresult on_event(conn *c, cls_dir dir, int ev)
     case PC_PROTO_RTSP:
         if (ev == RTSP_EV_REQUEST) {
             const rtsp_request_info *r = rtsp_classify_request(c->cls);
-            if (!c->event_checked) {
+            if (!c->h[dir].checked) {
                 if (check_host(c, dir, r->host, "host") == H_CLOSED ||
                     check_path(c, dir, r->path) == H_CLOSED)
                     return H_CLOSED;
-                c->event_checked = true;
+                c->h[dir].checked = true;
             }
         }
         return dir == CLS_C2S ? ensure_upstream(c) : H_CONTINUE;
@@ -1044,7 +1040,7 @@ static void pump(conn *c, cls_dir dir)
                 break;
             }
             h->event_pending = false;
-            c->event_checked = false;
+            h->checked = false;
             h->ok = h->fed;
             if (dir == CLS_C2S) {
                 c->first_done = true;
@@ -1090,6 +1086,21 @@ static void pump(conn *c, cls_dir dir)
         }
     }
     flush(c, dir);
+    if (dir == CLS_S2C)
+        maybe_switch(c);
+}
+
+/* Explicit mode: a request for another origin waits until the responses
+ * before it have reached the client; then its check runs again and opens the
+ * new upstream connection. */
+static void maybe_switch(conn *c)
+{
+    const half *s2c = &c->h[CLS_S2C];
+    if (c->st != ST_OPEN || !c->switch_pending || s2c->len != 0 || s2c->writing ||
+        http_classify_outstanding(c->cls) > 1)
+        return;
+    c->switch_pending = false;
+    resume(c, CLS_C2S);
 }
 
 static void on_write_done(uv_write_t *req, int status)
@@ -1110,6 +1121,8 @@ static void on_write_done(uv_write_t *req, int status)
     flush(c, dir);
     if (c->st == ST_OPEN && h->fed < h->len && !h->waiting)
         pump(c, dir);
+    if (dir == CLS_S2C)
+        maybe_switch(c);
 }
 
 static void on_shutdown(uv_shutdown_t *req, int status)
@@ -1398,6 +1411,7 @@ static void on_accept(uv_stream_t *server, int status)
         c->first_done = true;
         c->head_deadline = 0;
         c->connecting = true;
+        c->connect_deadline = c->last_activity + ps->connect_timeout_ms;
         connect_addr(c, (struct sockaddr *)&copy, true);
         if (c->st != ST_OPEN)
             return;
