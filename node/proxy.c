@@ -88,6 +88,7 @@ struct conn {
     bool first_done;    /* first unit from the client approved */
     bool switch_pending;
     bool blocked;
+    bool resp_open; /* a response is on its way to the client */
     pc_proto tunnel_proto; /* explicit CONNECT: the port's protocol */
     char host[256];     /* the name the client asked for (CONNECT, Host, SNI) */
     uint16_t port;      /* destination port */
@@ -383,7 +384,13 @@ static void on_page_written(uv_write_t *req, int status)
     sd->data = c;
 }
 
-/* Sends bytes the proxy itself produced to the client. */
+static void on_own_written(uv_write_t *req, int status)
+{
+    free(req);
+}
+
+/* Sends bytes the proxy itself produced to the client; cb must free req
+ * (on_own_written does nothing else). */
 static int send_to_client(conn *c, const char *data, size_t len, uv_write_cb cb)
 {
     struct {
@@ -440,8 +447,8 @@ static bool can_send_page(conn *c, cls_dir dir)
         return false;
     if (!c->cls)
         return true; /* explicit mode before a classifier switch */
-    return http_classify_outstanding(c->cls) <= 1 && c->h[CLS_S2C].ok == 0 &&
-           !c->h[CLS_S2C].writing;
+    return !c->resp_open && http_classify_outstanding(c->cls) <= 1 &&
+           c->h[CLS_S2C].ok == 0 && !c->h[CLS_S2C].writing;
 }
 
 static hresult block(conn *c, cls_dir dir, const char *reason, const char *detail)
@@ -450,9 +457,7 @@ static hresult block(conn *c, cls_dir dir, const char *reason, const char *detai
     c->blocked = true;
     atomic_fetch_add_explicit(&w->blocked, 1, memory_order_relaxed);
     emit(c, "block", reason, detail);
-    if (c->explicit_mode && !c->tunnel && c->proto == PC_PROTO_HTTP)
-        send_page(c, 403, reason, detail);
-    else if (can_send_page(c, dir))
+    if (can_send_page(c, dir))
         send_page(c, 403, reason, detail);
     else
         conn_close(c);
@@ -598,7 +603,7 @@ static void tunnel_established(conn *c)
     c->tunnel = true;
     c->head_deadline = uv_now(&c->w->loop) + pc_policy_proxy(c->policy)->header_timeout_ms;
     static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
-    if (send_to_client(c, ok, sizeof(ok) - 1, NULL) != 0) {
+    if (send_to_client(c, ok, sizeof(ok) - 1, on_own_written) != 0) {
         conn_close(c);
         return;
     }
@@ -986,8 +991,14 @@ static hresult on_event(conn *c, cls_dir dir, int ev)
     case PC_PROTO_HTTP:
         if (ev == HTTP_EV_REQUEST_HEAD && dir == CLS_C2S)
             return on_http_request(c, http_classify_request(c->cls));
-        if (ev == HTTP_EV_RESPONSE_HEAD && dir == CLS_S2C)
-            return on_http_response(c, http_classify_response(c->cls));
+        if (ev == HTTP_EV_RESPONSE_HEAD && dir == CLS_S2C) {
+            hresult r = on_http_response(c, http_classify_response(c->cls));
+            if (r == H_CONTINUE && http_classify_response(c->cls)->status >= 200)
+                c->resp_open = true;
+            return r;
+        }
+        if (ev == HTTP_EV_MESSAGE_END && dir == CLS_S2C)
+            c->resp_open = false;
         return H_CONTINUE;
     case PC_PROTO_TLS: {
         const tls_info *ti = tls_classify_info(c->cls);
