@@ -918,8 +918,12 @@ static const char *tls_name(conn *c, const tls_info *ti)
 
 static hresult on_tls_server_hello(conn *c, const tls_info *ti)
 {
-    if (ti->version != 0x0304)
-        return H_CONTINUE; /* TLS <= 1.2: the Certificate message follows */
+    /* TLS <= 1.2 sends its Certificate message in the clear and it is checked
+     * when it arrives; TLS 1.3 encrypts it, and a resumed TLS 1.2 session
+     * sends none (a client and server could fake a resumption to skip it):
+     * for both the node verifies the server itself. */
+    if (ti->version != 0x0304 && !ti->resumed)
+        return H_CONTINUE;
     pc_cert_mode mode = pc_group_cert_mode(c->group);
     if (mode != PC_CERT_REQUIRED)
         return H_CONTINUE; /* the exception: no probe (docs/proxy.md) */

@@ -28,9 +28,27 @@ void *tls_verify_store_x509(tls_verify_store *s);
  * ("certificate-untrusted: self-signed certificate", "certificate-name-
  * mismatch: www.example.com", "certificate-expired", "certificate-parse").
  * names (optional) receives the leaf's DNS names, comma-separated, for the
- * domain policy check, even when verification fails. */
+ * domain policy check, even when verification fails.
+ *
+ * Reason prefixes (the text after ": " is OpenSSL's verify error string, or
+ * the name for a mismatch):
+ *   certificate-parse          a certificate is not exactly one DER X.509
+ *   certificate-untrusted      no path to a trusted root (self-signed, unknown
+ *                              issuer, untrusted or rejected root)
+ *   certificate-expired        outside its validity period (also "not yet
+ *                              valid")
+ *   certificate-name-mismatch  the leaf is not valid for name
+ *   certificate-invalid        anything else (bad signature, wrong purpose,
+ *                              not a CA, path length, ...)
+ * No partial chains: the path must end at a root in the store. DNS names are
+ * checked without partial wildcards ("w*.example.com"); an IP literal name is
+ * matched against IP address SANs. names lists the DNS SANs lower-cased
+ * (names that are not printable or hold a comma are left out, and a name that
+ * does not fit whole is dropped); only when the leaf has no DNS SAN, the
+ * subject CNs, as OpenSSL's host check does. Safe to call from several
+ * threads on the same store. */
 int tls_verify_chain(tls_verify_store *s, const uint8_t *const *der, const size_t *der_len,
-                     size_t n, const char *name, char *reason, size_t reasonlen,
-                     char *names, size_t nameslen);
+                     size_t n, const char *name, char *reason, size_t reasonlen, char *names,
+                     size_t nameslen);
 
 #endif
