@@ -7,7 +7,7 @@ set -euo pipefail
 build=(build-essential cmake pkg-config libuv1-dev libssl-dev libwebsockets-dev libsqlite3-dev
        libcjson-dev libmicrohttpd-dev libcunit1-dev libnftables-dev)
 # Real clients and peers the system tests drive.
-test=(curl wget openssl python3 ca-certificates iproute2 nftables procps)
+test=(curl wget openssl python3 python3-jsonschema ca-certificates iproute2 nftables procps util-linux)
 # Side-by-side benchmarks (tests/bench/).
 bench=(wrk haproxy squid)
 

@@ -41,6 +41,10 @@ int pc_cidrset_add(pc_cidrset *s, const pc_cidr *c, intptr_t value);
  * set. */
 bool pc_cidrset_lookup(const pc_cidrset *s, const struct sockaddr *addr, intptr_t *value,
                        pc_cidr *match);
+/* Whether exactly prefix c (same family and length) was added; sets *value
+ * (optional) to its value. Unlike lookup, a longer or shorter prefix that
+ * covers c does not count. */
+bool pc_cidrset_get(const pc_cidrset *s, const pc_cidr *c, intptr_t *value);
 size_t pc_cidrset_count(const pc_cidrset *s);
 
 #endif

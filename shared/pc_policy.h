@@ -18,6 +18,8 @@
 #include <sys/socket.h>
 
 #define PC_POLICY_SCHEMA "portcullis.policy/1"
+/* A larger document is refused before it is parsed. */
+#define PC_POLICY_MAX_BYTES (16u * 1024 * 1024)
 
 typedef struct pc_policy pc_policy;
 typedef struct pc_group pc_group;
@@ -36,15 +38,15 @@ typedef enum {
 const char *pc_proto_name(pc_proto p);
 
 typedef struct pc_proxy_settings {
-    unsigned max_connections;     /* client connections at once, all threads */
-    unsigned header_timeout_ms;   /* a head or handshake must complete in this */
-    unsigned idle_timeout_ms;     /* no byte either way for this long: close */
-    unsigned connect_timeout_ms;  /* DNS + TCP connect upstream */
-    const char *ca_file;          /* "" = system trust store */
-    unsigned probe_ttl_s;         /* TLS 1.3 probe: cache a success */
-    unsigned probe_fail_ttl_s;    /* TLS 1.3 probe: cache a failure */
-    unsigned probe_timeout_ms;
-    bool log_allowed;             /* an event for every allowed connection */
+    unsigned max_connections;    /* client connections at once, all threads */
+    unsigned header_timeout_ms;  /* a head or handshake must complete in this */
+    unsigned idle_timeout_ms;    /* no byte either way for this long: close */
+    unsigned connect_timeout_ms; /* DNS + TCP connect upstream */
+    const char *ca_file;         /* "" = system trust store */
+    unsigned probe_ttl_s;        /* TLS 1.3 probe: cache a success */
+    unsigned probe_fail_ttl_s;   /* TLS 1.3 probe: cache a failure */
+    unsigned probe_timeout_ms;   /* TLS 1.3 probe: time limit of one probe */
+    bool log_allowed;            /* an event for every allowed connection */
 } pc_proxy_settings;
 
 /* Parses and validates a policy document. On success returns 0 and *out
@@ -55,29 +57,47 @@ int pc_policy_parse(const char *json, size_t len, pc_policy **out, char *err, si
 /* The same from a file; err names the file for I/O problems. */
 int pc_policy_load_file(const char *path, pc_policy **out, char *err, size_t errlen);
 /* The built-in policy for a node with nothing else: the conformance checks
- * on 80/443 only, the shipped Skype list blocked, certificates required.
- * Returns one reference. */
+ * on 80/443 only, the shipped Skype list blocked, certificates required,
+ * executables blocked. Built from shared/lists/skype.json at build time.
+ * Returns one reference; NULL only when memory runs out. */
 pc_policy *pc_policy_builtin(void);
+/* Whether p came from pc_policy_builtin() rather than a document. */
+bool pc_policy_is_builtin(const pc_policy *p);
 
-pc_policy *pc_policy_ref(pc_policy *p);   /* atomic; returns p */
-void pc_policy_unref(pc_policy *p);       /* atomic; frees at zero */
+pc_policy *pc_policy_ref(pc_policy *p); /* atomic; returns p */
+void pc_policy_unref(pc_policy *p);     /* atomic; frees at zero */
 
 uint64_t pc_policy_version(const pc_policy *p);
 const pc_proxy_settings *pc_policy_proxy(const pc_policy *p);
 pc_proto pc_policy_port_proto(const pc_policy *p, uint16_t port);
+/* The served ports (proto != PC_PROTO_NONE) in ascending order: writes at
+ * most max of them to ports (may be NULL when max is 0) and returns how many
+ * there are in all. */
+size_t pc_policy_ports(const pc_policy *p, uint16_t *ports, size_t max);
 
 /* The group of a source address: the group with the longest matching source
  * prefix, else the default group. Never NULL. */
 const pc_group *pc_policy_group_for(const pc_policy *p, const struct sockaddr *src);
+/* The named group ("defaults" names the default group), or NULL. */
+const pc_group *pc_policy_group_by_name(const pc_policy *p, const char *name);
+/* Groups in the document, not counting the default group. */
+size_t pc_policy_group_count(const pc_policy *p);
+/* A group's name; the default group is "defaults". The string lives as long
+ * as the policy. */
 const char *pc_group_name(const pc_group *g);
 bool pc_group_skype_exception(const pc_group *g);
 
-/* What one policy check found. */
+/* What one policy check found. When several rules match, a rule that blocks
+ * wins over one the exception lifts (then exception is false). list and rule
+ * are NULL when nothing matched; otherwise they live as long as the policy. */
 typedef struct pc_decision {
-    bool block;        /* the connection must be blocked */
-    bool exception;    /* a Skype rule matched but the group's exception lifted it */
-    const char *list;  /* where the rule comes from: a list name, or "group" */
-    const char *rule;  /* the rule that matched, e.g. "skype.com", "skype.exe" */
+    bool block;       /* the connection must be blocked */
+    bool exception;   /* a Skype rule matched but the group's exception lifted it */
+    const char *list; /* where the rule comes from: a list name ("skype"), or
+                         "group" / "defaults" for the group's own blocked_*
+                         and block_executables (whichever the group took) */
+    const char *rule; /* the rule that matched, e.g. "skype.com", "skype.exe",
+                         "52.112.0.0/14", ".msi", "application/x-msi", "MZ" */
 } pc_decision;
 
 /* Host names (Host, CONNECT target, SNI, certificate names): a rule
@@ -88,10 +108,14 @@ pc_decision pc_group_check_host(const pc_group *g, const char *host);
 /* Destination address against the blocked prefixes. */
 pc_decision pc_group_check_addr(const pc_group *g, const struct sockaddr *addr);
 /* URL path (without query) against the blocked suffixes, case-insensitive,
- * after percent-decoding. */
+ * after percent-decoding. Also tried: the path cut at a decoded NUL, and
+ * without ";params" of its last segment and trailing slashes. */
 pc_decision pc_group_check_path(const pc_group *g, const char *path);
 /* An HTTP response: executable by media type, by Content-Disposition file
- * name extension, or by "MZ" at the start of the body. */
+ * name extension, or by "MZ" at the start of the body. filename (may be NULL
+ * or "") is also checked against the blocked URL suffixes; a path is cut to
+ * its last segment, percent-decoded, and trailing dots and spaces (ignored
+ * by Windows) are dropped. content_type may carry parameters. */
 pc_decision pc_group_check_download(const pc_group *g, const char *content_type,
                                     const char *filename, bool body_starts_mz);
 
