@@ -1008,10 +1008,10 @@ static hresult on_event(conn *c, cls_dir dir, int ev)
         const tls_info *ti = tls_classify_info(c->cls);
         if (ev == TLS_EV_CLIENT_HELLO) {
             if (!c->h[CLS_C2S].checked) {
-                if (check_host(c, CLS_C2S, ti->sni, "server name") == H_CLOSED)
-                    return H_CLOSED;
                 if (ti->sni[0] && !c->host[0])
                     snprintf(c->host, sizeof(c->host), "%s", ti->sni);
+                if (check_host(c, CLS_C2S, ti->sni, "server name") == H_CLOSED)
+                    return H_CLOSED;
                 c->h[CLS_C2S].checked = true;
             }
             return ensure_upstream(c);
@@ -1026,6 +1026,8 @@ static hresult on_event(conn *c, cls_dir dir, int ev)
         if (ev == RTSP_EV_REQUEST) {
             const rtsp_request_info *r = rtsp_classify_request(c->cls);
             if (!c->h[dir].checked) {
+                if (dir == CLS_C2S && r->host[0])
+                    snprintf(c->host, sizeof(c->host), "%s", r->host);
                 if (check_host(c, dir, r->host, "host") == H_CLOSED ||
                     check_path(c, dir, r->path) == H_CLOSED)
                     return H_CLOSED;

@@ -10,11 +10,18 @@ build=(build-essential cmake pkg-config libuv1-dev libssl-dev libwebsockets-dev 
 test=(curl wget openssl python3 python3-jsonschema ca-certificates iproute2 nftables procps util-linux)
 # Side-by-side benchmarks (tests/bench/).
 bench=(wrk haproxy squid)
+# Optional, large: real media peers for tests/system/test_transparent.py (ffprobe as RTSP client,
+# ffmpeg as MMS client, GStreamer's RTSP server). Without them those sub-cases skip or fall back.
+media=(ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good)
 
 want=("${build[@]}" "${test[@]}")
-if [ "${1:-}" = "--bench" ]; then
-  want+=("${bench[@]}")
-fi
+for arg in "$@"; do
+  case "$arg" in
+    --bench) want+=("${bench[@]}") ;;
+    --media) want+=("${media[@]}") ;;
+    *) echo "deps: unknown option $arg (--bench, --media)" >&2; exit 2 ;;
+  esac
+done
 
 missing=()
 for p in "${want[@]}"; do

@@ -11,17 +11,24 @@ Names: origin.test, skype.com, www.skype.com, notskype.com and selfsigned.test
 resolve to 127.0.0.1 inside the node's mount namespace, where a test hosts
 file is bind-mounted on /etc/hosts, so the proxy's own getaddrinfo finds them.
 Clients never resolve them: they go through the proxy.
+
+Tests that need a network of their own (transparent mode) make it with
+Namespaces (network namespaces deleted at close or exit) and in_netns, which
+puts sockets of this process, servers or clients, into one of them.
 """
 
 import argparse
 import atexit
+import contextlib
 import copy
+import ctypes
 import hashlib
 import http.server
 import json
 import os
 import random
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -202,8 +209,8 @@ class _QuietServer(http.server.ThreadingHTTPServer):
 
 
 class HTTPOrigin(_QuietServer):
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), OriginHandler)
+    def __init__(self, addr=("127.0.0.1", 0)):
+        super().__init__(addr, OriginHandler)
         self.big = big_body()
 
 
@@ -211,13 +218,13 @@ class TLSOrigin(_QuietServer):
     """HTTPS origin: one TLS version only, certificate chosen by SNI. The
     handshake runs in the connection's thread, never in the accept loop."""
 
-    def __init__(self, version, certs, default_name):
+    def __init__(self, version, certs, default_name, addr=("127.0.0.1", 0)):
         self._ctxs = {}
         for name, (cert, key) in certs.items():
             self._ctxs[name] = self._context(version, cert, key)
         self.ctx = self._ctxs[default_name]
         self.ctx.sni_callback = self._sni
-        super().__init__(("127.0.0.1", 0), OriginHandler)
+        super().__init__(addr, OriginHandler)
         self.big = big_body()
 
     @staticmethod
@@ -258,10 +265,10 @@ class JunkServer:
 
     JUNK = b"\x00\x01SKYPE-RELAY\x00" + bytes(range(0x80, 0xc0))
 
-    def __init__(self):
+    def __init__(self, addr=("127.0.0.1", 0)):
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind(addr)
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
         self.stopping = False
@@ -296,9 +303,9 @@ class JunkServer:
 class Listener:
     """A TCP port with something behind it that the policy does not list."""
 
-    def __init__(self):
+    def __init__(self, addr=("127.0.0.1", 0)):
         self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind(addr)
         self.sock.listen(16)
         self.port = self.sock.getsockname()[1]
 
@@ -442,10 +449,12 @@ def sanitizer_lines(text):
 
 
 class Node:
-    """One portcullis-node on 127.0.0.1:<free port> with its own policy file,
-    event log and stderr file in dir."""
+    """One portcullis-node on listen (default 127.0.0.1:<free port>) with its
+    own policy file, event log and stderr file in dir. wrap is
+    a command prefix that execs what follows (e.g. ip netns exec NS), so the
+    pid signalled stays the node's."""
 
-    def __init__(self, lab_, dir_, policy, threads=None, extra_args=()):
+    def __init__(self, lab_, dir_, policy, threads=None, extra_args=(), listen="127.0.0.1:0", wrap=()):
         self.lab = lab_
         self.dir = Path(dir_)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -455,7 +464,10 @@ class Node:
         self.write_policy(policy)
         self.threads = threads
         self.extra_args = list(extra_args)
+        self.listen = listen
+        self.wrap = list(wrap)
         self.proc = None
+        self.host = None
         self.port = None
         self.returncode = None
         self._stderr_fh = None
@@ -468,23 +480,23 @@ class Node:
         os.replace(tmp, self.policy_file)
 
     def start(self):
-        args = [node_path(), "--policy", str(self.policy_file), "--listen", "127.0.0.1:0",
+        args = [node_path(), "--policy", str(self.policy_file), "--listen", self.listen,
                 "--events", str(self.events_file)]
         if self.threads:
             args += ["--threads", str(self.threads)]
         args += self.extra_args
         # A private mount namespace: the test hosts file is /etc/hosts for the
         # node only; exec keeps the node's pid the one we signal.
-        cmd = ["unshare", "--mount", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"',
-               str(self.lab.hosts)] + args
+        cmd = self.wrap + ["unshare", "--mount", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"',
+                           str(self.lab.hosts)] + args
         self._stderr_fh = open(self.stderr_file, "wb")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._stderr_fh,
                                      stderr=self._stderr_fh, env=sanitizer_env())
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", self.stderr())
+            m = re.search(r"listening on (\[[0-9a-fA-F:.]+\]|[0-9.]+):(\d+)", self.stderr())
             if m:
-                self.port = int(m.group(1))
+                self.host, self.port = m.group(1).strip("[]"), int(m.group(2))
                 return self
             if self.proc.poll() is not None:
                 raise AssertionError("portcullis-node exited with %s before listening:\n%s"
@@ -580,6 +592,132 @@ class Node:
                 raise AssertionError("no event %s within %ss; events since mark:\n%s"
                                      % (want, timeout, "\n".join(json.dumps(x) for x in ev) or "(none)"))
             time.sleep(0.02)
+
+
+# --- network namespaces ------------------------------------------------------
+
+CLONE_NEWNET = 0x40000000
+_libc = None
+
+
+def _setns(fd, what):
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, "setns(%s): %s" % (what, os.strerror(e)))
+
+
+@contextlib.contextmanager
+def in_netns(name):
+    """Runs the block with the calling thread in the network namespace name
+    (made by `ip netns add`). A socket created inside stays in that namespace
+    after the block, so servers and clients of this process can live in a
+    test's namespaces: create the socket inside, use it anywhere."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open("/run/netns/" + name, os.O_RDONLY)
+        try:
+            _setns(target, name)
+            try:
+                yield
+            finally:
+                _setns(home, "the test's own namespace")
+        finally:
+            os.close(target)
+    finally:
+        os.close(home)
+
+
+def netns_connect(ns, addr, source=None, timeout=IO_TIMEOUT):
+    """A TCP connection to addr (host, port) from network namespace ns,
+    optionally bound to source."""
+    with in_netns(ns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.settimeout(timeout)
+        if source:
+            s.bind((source, 0))
+        s.connect(addr)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+class Namespaces:
+    """Network namespaces one test process makes, named pcns<tag>-<role>, the
+    tag being this process's pid (6 hex digits) and a random byte, so
+    concurrent runs never meet. close() deletes them (and with them every
+    interface inside); it is idempotent and also runs at exit, so a failed
+    setup leaves nothing behind. Only interfaces created inside these
+    namespaces are ever touched."""
+
+    PREFIX = "pcns"
+
+    def __init__(self, *roles):
+        self.sweep()
+        self.tag = "%06x%s" % (os.getpid() & 0xFFFFFF, secrets.token_hex(1))
+        self.names = {r: "%s%s-%s" % (self.PREFIX, self.tag, r) for r in roles}
+        self._made = []
+        atexit.register(self.close)
+        for r in roles:
+            self.ip("netns", "add", self.names[r])
+            self._made.append(self.names[r])
+            self.ip("-n", self.names[r], "link", "set", "lo", "up")
+
+    def __getitem__(self, role):
+        return self.names[role]
+
+    def ip(self, *args):
+        r = subprocess.run(["ip"] + list(args), capture_output=True, timeout=CLIENT_TIMEOUT)
+        if r.returncode != 0:
+            raise RuntimeError("ip %s: %s" % (" ".join(args), r.stderr.decode(errors="replace").strip()))
+        return r.stdout.decode()
+
+    def cmd(self, role, *cmd):
+        """The command line that runs cmd inside role's namespace."""
+        return ["ip", "netns", "exec", self.names[role]] + list(cmd)
+
+    def run(self, role, *cmd, check=True, input_=None, timeout=CLIENT_TIMEOUT):
+        r = subprocess.run(self.cmd(role, *cmd), input=input_, capture_output=True, timeout=timeout,
+                           env=client_env())
+        if check and r.returncode != 0:
+            raise RuntimeError("%s in %s: exit %s: %s" % (" ".join(cmd), role, r.returncode,
+                                                         r.stderr.decode(errors="replace").strip()))
+        return r
+
+    def veth(self, role_a, name_a, role_b, name_b):
+        """A veth pair created directly inside the two namespaces, both ends up.
+        Interface names are at most 15 bytes."""
+        self.ip("link", "add", name_a, "netns", self.names[role_a], "type", "veth",
+                "peer", "name", name_b, "netns", self.names[role_b])
+        self.ip("-n", self.names[role_a], "link", "set", name_a, "up")
+        self.ip("-n", self.names[role_b], "link", "set", name_b, "up")
+
+    def close(self):
+        while self._made:
+            subprocess.run(["ip", "netns", "del", self._made.pop()], capture_output=True,
+                           timeout=CLIENT_TIMEOUT)
+
+    @classmethod
+    def sweep(cls):
+        """Deletes the namespaces of earlier runs whose process is gone: a run
+        killed by SIGKILL (a CTest timeout) cannot clean up after itself."""
+        r = subprocess.run(["ip", "netns", "list"], capture_output=True, timeout=CLIENT_TIMEOUT)
+        for line in r.stdout.decode(errors="replace").splitlines():
+            m = re.match(r"(%s([0-9a-f]{6})[0-9a-f]{2}-\w+)( |$)" % cls.PREFIX, line)
+            if not m:
+                continue
+            try:
+                os.kill(int(m.group(2), 16), 0)
+                continue  # its run is alive (or the pid was reused: keep it)
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+            subprocess.run(["ip", "netns", "del", m.group(1)], capture_output=True, timeout=CLIENT_TIMEOUT)
 
 
 # --- clients -----------------------------------------------------------------
