@@ -674,7 +674,7 @@ static int rules_read_domains(ctx *c, pc_rules *r, const cJSON *arr)
         return fail_oom(c);
     for (const cJSON *it = arr->child; it; it = it->next, i++) {
         char name[MAX_DOMAIN + 1];
-        size_t len;
+        size_t len = 0;
         size_t old = path_index(c, i);
         if (read_domain(c, it, name, &len) != 0)
             return -1;
@@ -729,7 +729,7 @@ static int rules_read_suffixes(ctx *c, pc_rules *r, const cJSON *arr)
         return fail_oom(c);
     for (const cJSON *it = arr->child; it; it = it->next, i++) {
         char buf[MAX_SUFFIX + 1];
-        size_t len;
+        size_t len = 0;
         size_t old = path_index(c, i);
         if (read_suffix(c, it, buf, &len) != 0)
             return -1;
@@ -842,7 +842,7 @@ static int opt_unsigned(ctx *c, const cJSON *obj, const char *key, unsigned min,
     const cJSON *it = get(obj, key);
     if (!it)
         return 0;
-    uint64_t val;
+    uint64_t val = 0;
     size_t old = path_key(c, key);
     if (read_uint(c, it, min, max, &val) != 0)
         return -1;
@@ -872,7 +872,7 @@ static int parse_proxy(ctx *c, const cJSON *v)
     const cJSON *it;
     if ((it = get(v, "ca_file"))) {
         size_t old = path_key(c, "ca_file");
-        const char *s;
+        const char *s = NULL;
         if (read_text(c, it, 4095, &s) != 0)
             return -1;
         if (s[0] && s[0] != '/')
