@@ -54,9 +54,12 @@ typedef struct half {
     size_t cap, len;
     size_t ok, fed;
     bool event_pending; /* the unit at [ok, fed) awaits its policy check */
+    int ev;             /* its event (the classifier's own is reset by the
+                           other direction's feeds) */
     bool waiting;       /* that check waits on something asynchronous */
     bool checked;       /* its policy checks ran (they run once per unit) */
     bool eof;           /* the source half-closed */
+    bool finished;      /* the classifier was told (after the last unit) */
     bool shut;          /* the destination's write side was shut down */
     bool writing;       /* a uv_write of [0, wlen) is in flight */
     size_t wlen;
@@ -288,7 +291,7 @@ static void close_up(conn *c)
     c->connecting = false;
     c->connect_deadline = 0;
     half *h = &c->h[CLS_S2C];
-    h->eof = h->shut = h->event_pending = h->waiting = false;
+    h->eof = h->shut = h->event_pending = h->waiting = h->finished = false;
 }
 
 static void conn_close(conn *c)
@@ -807,6 +810,8 @@ static void rewrite_request_line(conn *c, const http_request_info *r)
 
 static hresult on_http_request(conn *c, const http_request_info *r)
 {
+    if (!r)
+        return block(c, CLS_C2S, "proxy-state", "request facts missing");
     if (c->explicit_mode && !c->tunnel) {
         if (r->form == HTTP_FORM_AUTHORITY) {
             if (c->up) /* CONNECT after plain requests on the same connection */
@@ -883,6 +888,8 @@ static hresult on_http_request(conn *c, const http_request_info *r)
 
 static hresult on_http_response(conn *c, const http_response_info *r)
 {
+    if (!r)
+        return block(c, CLS_S2C, "proxy-state", "response facts missing");
     pc_decision d = pc_group_check_download(c->group, r->content_type,
                                             r->disposition_filename, r->body_starts_mz);
     if (d.block) {
@@ -997,8 +1004,9 @@ static hresult on_event(conn *c, cls_dir dir, int ev)
             return on_http_request(c, http_classify_request(c->cls));
         if (ev == HTTP_EV_RESPONSE_HEAD && dir == CLS_S2C) {
             hresult r = on_http_response(c, http_classify_response(c->cls));
-            if (r == H_CONTINUE && http_classify_response(c->cls)->status >= 200)
-                c->resp_open = true;
+            const http_response_info *ri = http_classify_response(c->cls);
+            if (r == H_CONTINUE && !ri->interim)
+                c->resp_open = !ri->complete;
             return r;
         }
         if (ev == HTTP_EV_MESSAGE_END && dir == CLS_S2C)
@@ -1049,7 +1057,7 @@ static void pump(conn *c, cls_dir dir)
     half *h = &c->h[dir];
     while (c->st == ST_OPEN && !h->waiting) {
         if (h->event_pending) {
-            hresult r = on_event(c, dir, c->ops->event(c->cls));
+            hresult r = on_event(c, dir, h->ev);
             if (r == H_CLOSED || c->st != ST_OPEN)
                 return;
             if (r == H_WAIT) {
@@ -1082,7 +1090,8 @@ static void pump(conn *c, cls_dir dir)
             return;
         }
         if (v == CLS_CONFORMS) {
-            if (c->ops->event(c->cls) != CLS_EV_NONE) {
+            h->ev = c->ops->event(c->cls);
+            if (h->ev != CLS_EV_NONE) {
                 h->event_pending = true;
                 continue;
             }
@@ -1091,6 +1100,18 @@ static void pump(conn *c, cls_dir dir)
     }
     if (c->st != ST_OPEN)
         return;
+    if (h->eof && !h->finished && !h->event_pending && h->fed == h->len) {
+        /* The classifier hears of the end only after every unit before it
+         * was checked: its facts stay valid for those checks. */
+        h->finished = true;
+        if (c->ops && c->cls && c->ops->finish(c->cls, dir) == CLS_VIOLATES) {
+            char code[64];
+            const char *detail;
+            split_reason(c->ops->reason(c->cls), code, sizeof(code), &detail);
+            block(c, dir, code, detail);
+            return;
+        }
+    }
     if (dir == CLS_C2S) {
         /* Slowloris: a unit the client has started must finish in time. */
         bool partial = h->fed > h->ok || !c->first_done;
@@ -1268,22 +1289,15 @@ static void on_read(conn *c, cls_dir dir, ssize_t nread)
     }
     h->eof = true;
     uv_read_stop(source_of(c, dir));
-    if (c->ops && c->cls) {
-        cls_verdict v = c->ops->finish(c->cls, dir);
-        if (v == CLS_VIOLATES) {
-            char code[64];
-            const char *detail;
-            split_reason(c->ops->reason(c->cls), code, sizeof(code), &detail);
-            block(c, dir, code, detail);
-            return;
-        }
-    }
-    if (dir == CLS_C2S && !c->up_connected && !c->connecting) {
+    if (dir == CLS_C2S && !c->up_connected && !c->connecting && !h->event_pending) {
         /* The client left before anything was sent upstream. */
-        conn_close(c);
+        if (h->len > h->fed || h->fed > h->ok)
+            pump(c, dir); /* a cut-off unit is still a violation */
+        if (c->st == ST_OPEN)
+            conn_close(c);
         return;
     }
-    flush(c, dir);
+    pump(c, dir);
 }
 
 static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
