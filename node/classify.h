@@ -78,6 +78,46 @@ typedef struct cls_ops {
     void (*release)(void *state);
 } cls_ops;
 
+/* Defines <pfx>_cls_ops over the functions <pfx>_classify_init, _feed,
+ * _finish, _event, _reason and _release of a classifier whose state type is
+ * <pfx>_classify; one line at the end of each classifier's .c file. */
+#define CLS_DEFINE_OPS(pfx)                                                                        \
+    static void pfx##_ops_init(void *s)                                                            \
+    {                                                                                              \
+        pfx##_classify_init(s);                                                                    \
+    }                                                                                              \
+    static cls_verdict pfx##_ops_feed(void *s, cls_dir dir, const uint8_t *data, size_t len,      \
+                                      size_t *consumed)                                            \
+    {                                                                                              \
+        return pfx##_classify_feed(s, dir, data, len, consumed);                                   \
+    }                                                                                              \
+    static cls_verdict pfx##_ops_finish(void *s, cls_dir dir)                                      \
+    {                                                                                              \
+        return pfx##_classify_finish(s, dir);                                                      \
+    }                                                                                              \
+    static int pfx##_ops_event(const void *s)                                                      \
+    {                                                                                              \
+        return pfx##_classify_event(s);                                                            \
+    }                                                                                              \
+    static const char *pfx##_ops_reason(const void *s)                                             \
+    {                                                                                              \
+        return pfx##_classify_reason(s);                                                           \
+    }                                                                                              \
+    static void pfx##_ops_release(void *s)                                                         \
+    {                                                                                              \
+        pfx##_classify_release(s);                                                                 \
+    }                                                                                              \
+    const cls_ops pfx##_cls_ops = {                                                                \
+        .name = #pfx,                                                                              \
+        .state_size = sizeof(pfx##_classify),                                                      \
+        .init = pfx##_ops_init,                                                                    \
+        .feed = pfx##_ops_feed,                                                                    \
+        .finish = pfx##_ops_finish,                                                                \
+        .event = pfx##_ops_event,                                                                  \
+        .reason = pfx##_ops_reason,                                                                \
+        .release = pfx##_ops_release,                                                              \
+    }
+
 extern const cls_ops http_cls_ops;
 extern const cls_ops tls_cls_ops;
 extern const cls_ops rtsp_cls_ops;

@@ -1949,43 +1949,4 @@ unsigned http_classify_outstanding(const http_classify *h)
 
 /* ---- cls_ops ---------------------------------------------------------------------------- */
 
-static void ops_init(void *s)
-{
-    http_classify_init(s);
-}
-
-static cls_verdict ops_feed(void *s, cls_dir dir, const uint8_t *data, size_t len, size_t *consumed)
-{
-    return http_classify_feed(s, dir, data, len, consumed);
-}
-
-static cls_verdict ops_finish(void *s, cls_dir dir)
-{
-    return http_classify_finish(s, dir);
-}
-
-static int ops_event(const void *s)
-{
-    return http_classify_event(s);
-}
-
-static const char *ops_reason(const void *s)
-{
-    return http_classify_reason(s);
-}
-
-static void ops_release(void *s)
-{
-    http_classify_release(s);
-}
-
-const cls_ops http_cls_ops = {
-    .name = "http",
-    .state_size = sizeof(http_classify),
-    .init = ops_init,
-    .feed = ops_feed,
-    .finish = ops_finish,
-    .event = ops_event,
-    .reason = ops_reason,
-    .release = ops_release,
-};
+CLS_DEFINE_OPS(http);

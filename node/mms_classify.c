@@ -364,44 +364,4 @@ unsigned mms_classify_last_count(const mms_classify *m)
     return m->last_count;
 }
 
-static void ops_init(void *st)
-{
-    mms_classify_init(st);
-}
-
-static cls_verdict ops_feed(void *st, cls_dir dir, const uint8_t *data, size_t len,
-                            size_t *consumed)
-{
-    return mms_classify_feed(st, dir, data, len, consumed);
-}
-
-static cls_verdict ops_finish(void *st, cls_dir dir)
-{
-    return mms_classify_finish(st, dir);
-}
-
-static int ops_event(const void *st)
-{
-    return mms_classify_event(st);
-}
-
-static const char *ops_reason(const void *st)
-{
-    return mms_classify_reason(st);
-}
-
-static void ops_release(void *st)
-{
-    mms_classify_release(st);
-}
-
-const cls_ops mms_cls_ops = {
-    .name = "mms",
-    .state_size = sizeof(mms_classify),
-    .init = ops_init,
-    .feed = ops_feed,
-    .finish = ops_finish,
-    .event = ops_event,
-    .reason = ops_reason,
-    .release = ops_release,
-};
+CLS_DEFINE_OPS(mms);

@@ -783,44 +783,4 @@ const rtsp_request_info *rtsp_classify_request(const rtsp_classify *r)
     return &r->req;
 }
 
-static void ops_init(void *st)
-{
-    rtsp_classify_init(st);
-}
-
-static cls_verdict ops_feed(void *st, cls_dir dir, const uint8_t *data, size_t len,
-                            size_t *consumed)
-{
-    return rtsp_classify_feed(st, dir, data, len, consumed);
-}
-
-static cls_verdict ops_finish(void *st, cls_dir dir)
-{
-    return rtsp_classify_finish(st, dir);
-}
-
-static int ops_event(const void *st)
-{
-    return rtsp_classify_event(st);
-}
-
-static const char *ops_reason(const void *st)
-{
-    return rtsp_classify_reason(st);
-}
-
-static void ops_release(void *st)
-{
-    rtsp_classify_release(st);
-}
-
-const cls_ops rtsp_cls_ops = {
-    .name = "rtsp",
-    .state_size = sizeof(rtsp_classify),
-    .init = ops_init,
-    .feed = ops_feed,
-    .finish = ops_finish,
-    .event = ops_event,
-    .reason = ops_reason,
-    .release = ops_release,
-};
+CLS_DEFINE_OPS(rtsp);

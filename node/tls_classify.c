@@ -1211,43 +1211,4 @@ size_t tls_classify_chain(const tls_classify *t, const uint8_t *const **der, con
 
 /* ---- cls_ops ------------------------------------------------------------- */
 
-static void ops_init(void *s)
-{
-    tls_classify_init(s);
-}
-
-static cls_verdict ops_feed(void *s, cls_dir dir, const uint8_t *data, size_t len, size_t *consumed)
-{
-    return tls_classify_feed(s, dir, data, len, consumed);
-}
-
-static cls_verdict ops_finish(void *s, cls_dir dir)
-{
-    return tls_classify_finish(s, dir);
-}
-
-static int ops_event(const void *s)
-{
-    return tls_classify_event(s);
-}
-
-static const char *ops_reason(const void *s)
-{
-    return tls_classify_reason(s);
-}
-
-static void ops_release(void *s)
-{
-    tls_classify_release(s);
-}
-
-const cls_ops tls_cls_ops = {
-    .name = "tls",
-    .state_size = sizeof(tls_classify),
-    .init = ops_init,
-    .feed = ops_feed,
-    .finish = ops_finish,
-    .event = ops_event,
-    .reason = ops_reason,
-    .release = ops_release,
-};
+CLS_DEFINE_OPS(tls);
