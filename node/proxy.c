@@ -582,6 +582,26 @@ static void resume(conn *c, cls_dir dir)
     pump(c, dir);
 }
 
+/* Puts proto's classifier (none for passthrough) on the connection, releasing
+ * the one before. Returns 0, or -1 when out of memory. */
+static int conn_set_proto(conn *c, pc_proto proto)
+{
+    if (c->cls) {
+        c->ops->release(c->cls);
+        free(c->cls);
+        c->cls = NULL;
+    }
+    c->proto = proto;
+    c->ops = ops_for(proto);
+    if (!c->ops)
+        return 0;
+    c->cls = malloc(c->ops->state_size);
+    if (!c->cls)
+        return -1;
+    c->ops->init(c->cls);
+    return 0;
+}
+
 static void tunnel_established(conn *c)
 {
     /* The CONNECT head was the proxy's own business: drop it, answer it and
@@ -590,18 +610,9 @@ static void tunnel_established(conn *c)
     half_cut(h, h->ok, h->fed);
     h->event_pending = false;
     h->fed = h->ok;
-    c->ops->release(c->cls);
-    free(c->cls);
-    c->cls = NULL;
-    c->proto = c->tunnel_proto;
-    c->ops = ops_for(c->proto);
-    if (c->ops) {
-        c->cls = malloc(c->ops->state_size);
-        if (!c->cls) {
-            conn_close(c);
-            return;
-        }
-        c->ops->init(c->cls);
+    if (conn_set_proto(c, c->tunnel_proto) != 0) {
+        conn_close(c);
+        return;
     }
     c->tunnel = true;
     c->head_deadline = uv_now(&c->w->loop) + pc_policy_proxy(c->policy)->header_timeout_ms;
@@ -1425,14 +1436,9 @@ static void on_accept(uv_stream_t *server, int status)
         c->explicit_mode = true;
         c->proto = PC_PROTO_HTTP;
     }
-    c->ops = ops_for(c->proto);
-    if (c->ops) {
-        c->cls = malloc(c->ops->state_size);
-        if (!c->cls) {
-            conn_close(c);
-            return;
-        }
-        c->ops->init(c->cls);
+    if (conn_set_proto(c, c->proto) != 0) {
+        conn_close(c);
+        return;
     }
     c->head_deadline = c->last_activity + ps->header_timeout_ms;
     arm_timer(c);
