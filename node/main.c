@@ -114,6 +114,10 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    /* DNS lookups run on libuv's thread pool, 4 threads unless told: a few
+     * names that resolve slowly must not stall every other lookup. */
+    setenv("UV_THREADPOOL_SIZE", "32", 0);
+
     proxy *px;
     if (proxy_start(&px, &cfg, policy, events, err, sizeof(err)) != 0) {
         fprintf(stderr, "portcullis-node: %s\n", err);

@@ -102,6 +102,7 @@ struct conn {
     uv_getaddrinfo_t *gai;
     uv_connect_t *creq;
     tls_probe_req *probe;
+    bool probe_ok;
 };
 
 struct worker {
@@ -615,7 +616,12 @@ static void tunnel_established(conn *c)
         return;
     }
     c->tunnel = true;
-    c->head_deadline = uv_now(&c->w->loop) + pc_policy_proxy(c->policy)->header_timeout_ms;
+    if (c->ops) /* the tunnel's first unit (a ClientHello) must come in time */
+        c->head_deadline = uv_now(&c->w->loop) + pc_policy_proxy(c->policy)->header_timeout_ms;
+    else {
+        c->first_done = true; /* passthrough: nothing to wait for */
+        c->head_deadline = 0;
+    }
     static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
     if (send_to_client(c, ok, sizeof(ok) - 1, on_own_written) != 0) {
         conn_close(c);
@@ -924,14 +930,25 @@ static void on_probe_done(void *arg, bool ok, const char *reason)
         block(c, CLS_S2C, "tls-certificate", reason);
         return;
     }
+    c->probe_ok = true; /* not looked up again: the cache entry may be gone */
     resume(c, CLS_S2C);
 }
 
-static const char *tls_name(conn *c, const tls_info *ti)
+/* The name a server's certificate must be valid for: the SNI, else the
+ * CONNECT host, else the address connected to (an IP address SAN). */
+static const char *tls_name(conn *c, const tls_info *ti, char *buf, size_t buflen)
 {
     if (ti->sni[0])
         return ti->sni;
-    return c->host;
+    if (c->host[0])
+        return c->host;
+    const struct sockaddr *sa = (const struct sockaddr *)&c->dst;
+    buf[0] = '\0';
+    inet_ntop(sa->sa_family,
+              sa->sa_family == AF_INET ? (const void *)&((const struct sockaddr_in *)sa)->sin_addr
+                                       : (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr,
+              buf, (socklen_t)buflen);
+    return buf;
 }
 
 static hresult on_tls_server_hello(conn *c, const tls_info *ti)
@@ -945,21 +962,13 @@ static hresult on_tls_server_hello(conn *c, const tls_info *ti)
     pc_cert_mode mode = pc_group_cert_mode(c->group);
     if (mode != PC_CERT_REQUIRED)
         return H_CONTINUE; /* the exception: no probe (docs/proxy.md) */
+    if (c->probe_ok)
+        return H_CONTINUE;
     if (c->probe)
         return H_WAIT;
     bool ok = false;
-    char reason[300] = "";
-    const char *name = tls_name(c, ti);
-    char addrname[INET6_ADDRSTRLEN] = "";
-    if (!name[0]) {
-        const struct sockaddr *sa = (const struct sockaddr *)&c->dst;
-        inet_ntop(sa->sa_family,
-                  sa->sa_family == AF_INET
-                      ? (const void *)&((const struct sockaddr_in *)sa)->sin_addr
-                      : (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr,
-                  addrname, sizeof(addrname));
-        name = addrname;
-    }
+    char reason[300] = "", addrname[INET6_ADDRSTRLEN];
+    const char *name = tls_name(c, ti, addrname, sizeof(addrname));
     int rc = tls_probe_check(c->w->px->probe, &c->w->loop, (const struct sockaddr *)&c->dst,
                              name, on_probe_done, c, &ok, reason, sizeof(reason), &c->probe);
     if (rc == 1) {
@@ -978,8 +987,8 @@ static hresult on_tls_certificate(conn *c)
     const uint8_t *const *der;
     const size_t *der_len;
     size_t n = tls_classify_chain(c->cls, &der, &der_len);
-    char reason[300] = "", names[1024] = "";
-    const char *name = tls_name(c, ti);
+    char reason[300] = "", names[1024] = "", addrname[INET6_ADDRSTRLEN];
+    const char *name = tls_name(c, ti, addrname, sizeof(addrname));
     int rc = tls_verify_chain(c->w->px->store, der, der_len, n, name, reason, sizeof(reason),
                               names, sizeof(names));
     /* The names the certificate is for count as much as the SNI. */
@@ -1063,69 +1072,90 @@ static hresult on_event(conn *c, cls_dir dir, int ev)
 
 /* ---- moving bytes ---------------------------------------------------------- */
 
+static void block_violation(conn *c, cls_dir dir)
+{
+    char code[64];
+    const char *detail;
+    split_reason(c->ops->reason(c->cls), code, sizeof(code), &detail);
+    block(c, dir, code, detail);
+}
+
+/* The HTTP classifier follows at most HTTP_MAX_PIPELINE requests at once; a
+ * client with more in flight is slowed down (not fed, not read), not blocked. */
+static bool pipeline_full(const conn *c, cls_dir dir)
+{
+    return dir == CLS_C2S && c->proto == PC_PROTO_HTTP && c->cls &&
+           http_classify_outstanding(c->cls) >= HTTP_MAX_PIPELINE;
+}
+
 static void pump(conn *c, cls_dir dir)
 {
     half *h = &c->h[dir];
-    while (c->st == ST_OPEN && !h->waiting) {
-        if (h->event_pending) {
-            hresult r = on_event(c, dir, h->ev);
-            if (r == H_CLOSED || c->st != ST_OPEN)
-                return;
-            if (r == H_WAIT) {
-                h->waiting = true;
-                break;
-            }
-            h->event_pending = false;
-            h->checked = false;
-            h->ok = h->fed;
-            if (dir == CLS_C2S) {
-                c->first_done = true;
-                c->head_deadline = 0;
-            }
-            continue;
-        }
-        if (h->fed == h->len)
-            break;
-        if (!c->ops) { /* passthrough */
-            h->ok = h->fed = h->len;
-            break;
-        }
-        size_t used = 0;
-        cls_verdict v = c->ops->feed(c->cls, dir, h->buf + h->fed, h->len - h->fed, &used);
-        h->fed += used;
-        if (v == CLS_VIOLATES) {
-            char code[64];
-            const char *detail;
-            split_reason(c->ops->reason(c->cls), code, sizeof(code), &detail);
-            block(c, dir, code, detail);
-            return;
-        }
-        if (v == CLS_CONFORMS) {
-            h->ev = c->ops->event(c->cls);
-            if (h->ev != CLS_EV_NONE) {
-                h->event_pending = true;
+    for (;;) {
+        while (c->st == ST_OPEN && !h->waiting) {
+            if (h->event_pending) {
+                hresult r = on_event(c, dir, h->ev);
+                if (r == H_CLOSED || c->st != ST_OPEN)
+                    return;
+                if (r == H_WAIT) {
+                    h->waiting = true;
+                    break;
+                }
+                h->event_pending = false;
+                h->checked = false;
+                h->ok = h->fed;
+                if (dir == CLS_C2S)
+                    c->first_done = true;
                 continue;
             }
-            h->ok = h->fed;
+            if (h->fed == h->len || pipeline_full(c, dir))
+                break;
+            if (!c->ops) { /* passthrough */
+                h->ok = h->fed = h->len;
+                break;
+            }
+            size_t used = 0;
+            cls_verdict v = c->ops->feed(c->cls, dir, h->buf + h->fed, h->len - h->fed, &used);
+            h->fed += used;
+            if (v == CLS_VIOLATES) {
+                block_violation(c, dir);
+                return;
+            }
+            if (v == CLS_CONFORMS) {
+                h->ev = c->ops->event(c->cls);
+                if (h->ev != CLS_EV_NONE) {
+                    h->event_pending = true;
+                    continue;
+                }
+                h->ok = h->fed;
+            }
         }
-    }
-    if (c->st != ST_OPEN)
-        return;
-    if (h->eof && !h->finished && !h->event_pending && h->fed == h->len) {
-        /* The classifier hears of the end only after every unit before it
-         * was checked: its facts stay valid for those checks. */
+        if (c->st != ST_OPEN)
+            return;
+        if (!h->eof || h->finished || h->event_pending || h->waiting || h->fed != h->len)
+            break;
+        /* The classifier hears of the end only after every unit before it was
+         * checked (its facts stay valid for those checks). The end may itself
+         * complete a unit (a close-delimited response): check that too. */
         h->finished = true;
-        if (c->ops && c->cls && c->ops->finish(c->cls, dir) == CLS_VIOLATES) {
-            char code[64];
-            const char *detail;
-            split_reason(c->ops->reason(c->cls), code, sizeof(code), &detail);
-            block(c, dir, code, detail);
+        if (!c->ops)
+            break;
+        if (c->ops->finish(c->cls, dir) == CLS_VIOLATES) {
+            block_violation(c, dir);
             return;
         }
+        h->ev = c->ops->event(c->cls);
+        if (h->ev == CLS_EV_NONE) {
+            h->ok = h->fed;
+            break;
+        }
+        h->event_pending = true;
     }
     if (dir == CLS_C2S) {
-        /* Slowloris: a unit the client has started must finish in time. */
-        bool partial = h->fed > h->ok || !c->first_done;
+        /* Slowloris: a unit the client has started must finish in time; time
+         * the proxy itself waits (DNS, connect, an origin switch) does not
+         * count. */
+        bool partial = !h->event_pending && (h->fed > h->ok || !c->first_done);
         if (partial && !c->head_deadline) {
             c->head_deadline =
                 uv_now(&c->w->loop) + pc_policy_proxy(c->policy)->header_timeout_ms;
@@ -1135,8 +1165,13 @@ static void pump(conn *c, cls_dir dir)
         }
     }
     flush(c, dir);
-    if (dir == CLS_S2C)
+    if (dir == CLS_S2C && c->st == ST_OPEN) {
         maybe_switch(c);
+        half *up = &c->h[CLS_C2S];
+        if (c->st == ST_OPEN && !up->waiting && !up->event_pending && up->fed < up->len &&
+            c->proto == PC_PROTO_HTTP && !pipeline_full(c, CLS_C2S))
+            pump(c, CLS_C2S); /* requests held back by the pipeline depth */
+    }
 }
 
 /* Explicit mode: a request for another origin waits until the responses
@@ -1158,8 +1193,8 @@ static void on_write_done(uv_write_t *req, int status)
     cls_dir dir = req == &c->h[CLS_C2S].wreq ? CLS_C2S : CLS_S2C;
     half *h = &c->h[dir];
     h->writing = false;
-    if (c->st == ST_CLOSING)
-        return;
+    if (c->st != ST_OPEN)
+        return; /* closing, or lingering after a page: cancelled writes too */
     if (status < 0) {
         conn_close(c);
         return;
@@ -1245,6 +1280,7 @@ static void update_reading(conn *c, cls_dir dir)
     if (!src || (dir == CLS_S2C && !c->up_connected))
         return;
     bool want = !h->writing && !h->eof && !(dir == CLS_C2S && c->switch_pending) &&
+                !pipeline_full(c, dir) &&
                 (h->len < h->cap || half_may_grow(h));
     if (want && !uv_is_active((uv_handle_t *)src))
         uv_read_start(src, on_alloc, dir == CLS_C2S ? on_client_read : on_up_read);
@@ -1464,10 +1500,10 @@ static void on_stop(uv_async_t *a)
     w->stopping = true;
     uv_close((uv_handle_t *)&w->listener, NULL);
     uv_close((uv_handle_t *)&w->stop, NULL);
+    for (conn *c = w->conns; c; c = c->next)
+        conn_close(c); /* cancels each connection's probe request first */
     if (w->px->probe)
         tls_probe_abort_loop(w->px->probe, &w->loop);
-    for (conn *c = w->conns; c; c = c->next)
-        conn_close(c);
 }
 
 static void worker_main(void *arg)
