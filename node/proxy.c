@@ -957,7 +957,7 @@ static hresult on_tls_server_hello(conn *c, const tls_info *ti)
      * when it arrives; TLS 1.3 encrypts it, and a resumed TLS 1.2 session
      * sends none (a client and server could fake a resumption to skip it):
      * for both the node verifies the server itself. */
-    if (ti->version != 0x0304 && !ti->resumed)
+    if (ti->version != 0x0304 && !ti->resumed && !ti->maybe_resumed)
         return H_CONTINUE;
     pc_cert_mode mode = pc_group_cert_mode(c->group);
     if (mode != PC_CERT_REQUIRED)

@@ -40,6 +40,7 @@ enum {
     EXT_EC_POINT_FORMATS = 11,
     EXT_SIGNATURE_ALGORITHMS = 13,
     EXT_ALPN = 16,
+    EXT_SESSION_TICKET = 35,
     EXT_PRE_SHARED_KEY = 41,
     EXT_EARLY_DATA = 42,
     EXT_SUPPORTED_VERSIONS = 43,
@@ -127,6 +128,7 @@ struct tls_classify {
     uint8_t phase;
     uint8_t event;
     bool offered13; /* the ClientHello offers TLS 1.3 */
+    bool ticket_no_sid; /* it offers a session ticket with an empty session_id */
     bool dead;
 };
 
@@ -304,6 +306,8 @@ typedef struct ch_facts {
     bool offered13;
     bool early_data;
     bool psk;
+    bool ticket; /* a non-empty session_ticket (RFC 5077): resumption asked */
+    bool empty_sid;
 } ch_facts;
 
 /* A host_name: LDH labels (and '_', which real names use) of 1..63 bytes,
@@ -459,6 +463,9 @@ static int ch_extension(tls_classify *t, unsigned type, rd *e, ch_facts *f)
             return violate(t, CH, "early_data extension is not empty");
         f->early_data = true;
         return 0;
+    case EXT_SESSION_TICKET:
+        f->ticket = rd_left(e) != 0;
+        return 0;
     default: return 0;
     }
 }
@@ -516,6 +523,7 @@ static int parse_client_hello(tls_classify *t, const uint8_t *b, size_t n, bool 
         return violate(t, CH, "session_id overruns the message at %zu", rd_at(&r));
     if (sid.n > 32)
         return violate(t, CH, "session_id length %zu > 32", sid.n);
+    f.empty_sid = sid.n == 0;
     if (!rd_vec(&r, 2, &ciphers))
         return violate(t, CH, "cipher_suites overrun the message at %zu", rd_at(&r));
     if (ciphers.n < 2 || ciphers.n % 2)
@@ -540,6 +548,7 @@ static int parse_client_hello(tls_classify *t, const uint8_t *b, size_t n, bool 
         t->info.client_max_version = (uint16_t)f.max_version;
         t->info.early_data = f.early_data && f.psk && f.offered13;
         t->offered13 = f.offered13;
+        t->ticket_no_sid = f.ticket && f.empty_sid;
         return 0;
     }
     if (strcmp(f.sni, t->info.sni) != 0)
@@ -673,6 +682,10 @@ static int parse_server_hello(tls_classify *t, const uint8_t *b, size_t n, int *
         if (ver > cv.version)
             return violate(t, SH, "version 0x%04x above the client's 0x%04x", ver, cv.version);
         t->info.resumed = sid.n > 0 && same_sid;
+        /* RFC 5077 3.4: a server resuming from a ticket the client sent with
+         * an empty session_id has no id to echo; whether it resumes shows only
+         * in what follows (a Certificate, or a ticket / change_cipher_spec). */
+        t->info.maybe_resumed = !t->info.resumed && t->ticket_no_sid;
         t->phase = PH_TLS12;
     }
     t->info.version = (uint16_t)(selected ? selected : ver);
@@ -726,6 +739,8 @@ static int server_order(tls_classify *t, tls_dir *d, unsigned type, uint32_t len
             rank = order[i].rank;
     if (rank == 0)
         return violate(t, "tls-unexpected-message", "server handshake type %u", type);
+    if (t->info.maybe_resumed && d->rank == RANK_NONE && rank == RANK_TICKET)
+        t->info.resumed = true; /* the ticket was accepted: abbreviated */
     if (t->info.resumed) {
         if (rank != RANK_TICKET || d->rank != RANK_NONE)
             return violate(t, "tls-unexpected-message",
@@ -928,9 +943,10 @@ static int ccs_check(tls_classify *t, cls_dir dir)
             if (t->info.resumed ? d->rank != RANK_NONE : d->rank < RANK_CKE)
                 return violate(t, "tls-unexpected-message",
                                "client change_cipher_spec before its key exchange");
-        } else if (t->info.resumed) {
+        } else if (t->info.resumed || (t->info.maybe_resumed && d->rank == RANK_NONE)) {
             if (d->rank != RANK_NONE && d->rank != RANK_TICKET)
                 return violate(t, "tls-unexpected-message", "server change_cipher_spec");
+            t->info.resumed = true;
         } else if (d->rank == RANK_NONE) {
             return violate(t, "tls-no-certificate",
                            "server change_cipher_spec without a Certificate or resumption");

@@ -83,6 +83,11 @@ typedef struct tls_info {
                                     before the ServerHello */
     bool hello_retry;            /* the server sent a HelloRetryRequest */
     bool resumed;                /* TLS <= 1.2 session resumption; see above */
+    bool maybe_resumed;          /* TLS <= 1.2, the client sent a session ticket
+                                    with an empty session_id: the server may
+                                    resume without echoing an id (RFC 5077 3.4),
+                                    so no Certificate may follow; the proxy
+                                    verifies such a server itself */
 } tls_info;
 
 typedef struct tls_classify tls_classify;

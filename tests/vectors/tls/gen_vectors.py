@@ -32,6 +32,10 @@ def u24(v):
     return struct.pack(">I", v)[1:]
 
 
+def u32(v):
+    return v.to_bytes(4, "big")
+
+
 def vec8(b):
     return u8(len(b)) + b
 
@@ -458,6 +462,29 @@ def generated():
          flight + [("<", record(22, server_hello(sid=SID)) + CCS + fin12()),
                    (">", CCS + fin12() + APP)],
          events="1,2", has=["resumed=1"])
+    ticket_flight = [(">", record(22, client_hello(sid=b"", exts=[e for e in BASE_EXTS if e[:2] != b"\x00\x23"] +
+                                  [ext(35, b"\x5a" * 96)]),
+                                  0x0301))]
+    case("tls12_ticket_resumed", "RFC 5077 3.4: a client offers a session ticket with an empty "
+         "session_id; the server resumes without an id to echo (ServerHello, "
+         "change_cipher_spec, Finished), no Certificate.", "conforms",
+         ticket_flight + [("<", record(22, server_hello(sid=b"", exts=[])) + CCS + fin12()),
+                          (">", CCS + fin12() + APP)],
+         events="1,2")
+    case("tls12_ticket_resumed_new_ticket", "The same, with a NewSessionTicket before the "
+         "server's change_cipher_spec.", "conforms",
+         ticket_flight + [("<", record(22, server_hello(sid=b"", exts=[ext(35, b"")]) +
+                                  hs(4, u32(300) + vec16(b"\x01" * 64))) + CCS + fin12()),
+                          (">", CCS + fin12() + APP)],
+         events="1,2")
+    case("tls12_ticket_refused_full_handshake", "A ticket with an empty session_id that the "
+         "server does not accept: the full handshake with its Certificate follows.", "conforms",
+         ticket_flight + [("<", record(22, server_hello(sid=b"", exts=[]) + CERT_MSG + SKE + SHD))],
+         events="1,2,3", has=["chain=2"])
+    case("tls12_ticket_anon", "A ticket with an empty session_id, and a server that neither "
+         "resumes nor sends a Certificate (ServerKeyExchange first).", "violates",
+         ticket_flight + [("<", record(22, server_hello(sid=b"", exts=[]) + SKE + SHD))],
+         reason="tls-no-certificate", events="1,2")
     case("tls12_resumed_then_certificate", "A ServerHello that resumes, then a Certificate.",
          "violates", flight + [("<", record(22, server_hello(sid=SID) + CERT_MSG))],
          reason="tls-unexpected-message", events="1,2")
