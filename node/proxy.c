@@ -1168,9 +1168,14 @@ static void pump(conn *c, cls_dir dir)
     if (dir == CLS_S2C && c->st == ST_OPEN) {
         maybe_switch(c);
         half *up = &c->h[CLS_C2S];
-        if (c->st == ST_OPEN && !up->waiting && !up->event_pending && up->fed < up->len &&
-            c->proto == PC_PROTO_HTTP && !pipeline_full(c, CLS_C2S))
-            pump(c, CLS_C2S); /* requests held back by the pipeline depth */
+        if (c->st == ST_OPEN && c->proto == PC_PROTO_HTTP && !pipeline_full(c, CLS_C2S)) {
+            /* Requests held back by the pipeline depth: feed what is buffered
+             * and read the client again. */
+            if (!up->waiting && !up->event_pending && up->fed < up->len)
+                pump(c, CLS_C2S);
+            else
+                update_reading(c, CLS_C2S);
+        }
     }
 }
 
