@@ -611,6 +611,8 @@ static void tunnel_established(conn *c)
     half_cut(h, h->ok, h->fed);
     h->event_pending = false;
     h->fed = h->ok;
+    if (h->len == 0 && !h->writing)
+        half_release(c->w, h); /* an idle tunnel holds no buffer */
     if (conn_set_proto(c, c->tunnel_proto) != 0) {
         conn_close(c);
         return;
