@@ -463,31 +463,6 @@ static void probe_on_timer(uv_timer_t *t)
     probe_finish(p, false, "probe-timeout", true, false);
 }
 
-/* The same kinds as tls_verify_chain gives for TLS <= 1.2, so a certificate
- * gets one reason whichever version the client spoke. */
-static void verify_reason(const probe *p, long v, char *reason, size_t len)
-{
-    const char *kind = "certificate-invalid";
-    switch (v) {
-    case X509_V_ERR_HOSTNAME_MISMATCH:
-    case X509_V_ERR_IP_ADDRESS_MISMATCH:
-        snprintf(reason, len, "certificate-name-mismatch: %s", p->key.name);
-        return;
-    case X509_V_ERR_CERT_HAS_EXPIRED: snprintf(reason, len, "certificate-expired"); return;
-    case X509_V_OK: snprintf(reason, len, "certificate-untrusted: no certificate"); return;
-    case X509_V_ERR_CERT_NOT_YET_VALID: kind = "certificate-expired"; break;
-    case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
-    case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
-    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
-    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
-    case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
-    case X509_V_ERR_CERT_UNTRUSTED:
-    case X509_V_ERR_CERT_REJECTED: kind = "certificate-untrusted"; break;
-    default: break;
-    }
-    snprintf(reason, len, "%s: %s", kind, X509_verify_cert_error_string(v));
-}
-
 /* Runs the handshake as far as the bytes received allow. */
 static void probe_drive(probe *p)
 {
@@ -497,7 +472,7 @@ static void probe_drive(probe *p)
     if (r == 1) {
         long v = SSL_get_verify_result(p->ssl);
         if (v != X509_V_OK || SSL_get0_peer_certificate(p->ssl) == NULL) {
-            verify_reason(p, v, reason, sizeof reason);
+            tls_verify_reason(v, p->key.name, reason, sizeof reason);
             probe_finish(p, false, reason, true, true);
             return;
         }
@@ -516,7 +491,7 @@ static void probe_drive(probe *p)
     }
     long v = SSL_get_verify_result(p->ssl);
     if (v != X509_V_OK) {
-        verify_reason(p, v, reason, sizeof reason);
+        tls_verify_reason(v, p->key.name, reason, sizeof reason);
     } else {
         unsigned long err = ERR_peek_last_error();
         const char *s = err ? ERR_reason_error_string(err) : NULL;

@@ -46,9 +46,9 @@ void tls_probe_cache_free(tls_probe_cache *c);
 /* Called once, on the loop that started the probe. ok true when the server
  * presented a certificate that verifies for name; otherwise reason says why
  * ("certificate-untrusted: ...", "probe-timeout", "probe-connect: ...").
- * Reasons, by prefix:
+ * Reasons, by prefix (tls_verify_reason gives the certificate-* ones):
  *   certificate-name-mismatch: <name>   chain good, not valid for name
- *   certificate-expired                 (": certificate is not yet valid")
+ *   certificate-expired: <why>          expired, or not yet valid
  *   certificate-untrusted: <why>        no path to a trusted root; OpenSSL's
  *                                       verify string, or "no certificate"
  *   certificate-invalid: <why>          any other verify error (purpose,

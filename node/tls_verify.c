@@ -193,6 +193,16 @@ static const char *reason_kind(int err)
     }
 }
 
+void tls_verify_reason(long err, const char *name, char *reason, size_t reasonlen)
+{
+    if (err == X509_V_ERR_HOSTNAME_MISMATCH || err == X509_V_ERR_IP_ADDRESS_MISMATCH)
+        say(reason, reasonlen, "certificate-name-mismatch: %s", name ? name : "");
+    else if (err == X509_V_OK) /* a handshake that failed before any verdict */
+        say(reason, reasonlen, "certificate-untrusted: no certificate");
+    else
+        say(reason, reasonlen, "%s: %s", reason_kind((int)err), X509_verify_cert_error_string(err));
+}
+
 int tls_verify_chain(tls_verify_store *s, const uint8_t *const *der, const size_t *der_len,
                      size_t n, const char *name, char *reason, size_t reasonlen, char *names,
                      size_t nameslen)
@@ -267,11 +277,7 @@ int tls_verify_chain(tls_verify_store *s, const uint8_t *const *der, const size_
         rc = 0;
         goto done;
     }
-    int err = X509_STORE_CTX_get_error(ctx);
-    if (err == X509_V_ERR_HOSTNAME_MISMATCH || err == X509_V_ERR_IP_ADDRESS_MISMATCH)
-        say(reason, reasonlen, "certificate-name-mismatch: %s", name ? name : "");
-    else
-        say(reason, reasonlen, "%s: %s", reason_kind(err), X509_verify_cert_error_string(err));
+    tls_verify_reason(X509_STORE_CTX_get_error(ctx), name, reason, reasonlen);
 done:
     X509_STORE_CTX_free(ctx);
     sk_X509_pop_free(untrusted, X509_free);

@@ -26,7 +26,8 @@ void *tls_verify_store_x509(tls_verify_store *s);
  * not empty, that the leaf is valid for it (DNS name or IP address).
  * Returns 0 when it verifies; otherwise -1 with a reason in reason
  * ("certificate-untrusted: self-signed certificate", "certificate-name-
- * mismatch: www.example.com", "certificate-expired", "certificate-parse").
+ * mismatch: www.example.com", "certificate-expired: certificate has expired",
+ * "certificate-parse").
  * names (optional) receives the leaf's DNS names, comma-separated, for the
  * domain policy check, even when verification fails.
  *
@@ -50,5 +51,11 @@ void *tls_verify_store_x509(tls_verify_store *s);
 int tls_verify_chain(tls_verify_store *s, const uint8_t *const *der, const size_t *der_len,
                      size_t n, const char *name, char *reason, size_t reasonlen, char *names,
                      size_t nameslen);
+
+/* The reason text for an OpenSSL verify error (X509_V_ERR_*), the same for
+ * the chain seen in a TLS <= 1.2 handshake and for the TLS 1.3 probe:
+ * "certificate-name-mismatch: NAME", "certificate-expired: ...",
+ * "certificate-untrusted: ...", "certificate-invalid: ...". */
+void tls_verify_reason(long err, const char *name, char *reason, size_t reasonlen);
 
 #endif

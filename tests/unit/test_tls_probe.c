@@ -428,7 +428,7 @@ static void test_expired(void)
     result r;
     CU_ASSERT_EQUAL(check(e.cache, &e.loop, fx.srv[SRV_EXPIRED].port, NAME, &r), 0);
     CU_ASSERT_FALSE(r.ok);
-    CU_ASSERT_STRING_EQUAL(r.reason, "certificate-expired");
+    CU_ASSERT_STRING_EQUAL(r.reason, "certificate-expired: certificate has expired");
     env_close(&e);
 }
 
