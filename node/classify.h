@@ -73,7 +73,7 @@ typedef struct cls_ops {
     cls_verdict (*feed)(void *state, cls_dir dir, const uint8_t *data, size_t len,
                         size_t *consumed);
     cls_verdict (*finish)(void *state, cls_dir dir);
-    int (*event)(const void *state);       /* event of the last CONFORMS, or 0 */
+    int (*event)(const void *state);          /* event of the last CONFORMS, or 0 */
     const char *(*reason)(const void *state); /* NULL unless violated */
     void (*release)(void *state);
 } cls_ops;
@@ -86,7 +86,7 @@ typedef struct cls_ops {
     {                                                                                              \
         pfx##_classify_init(s);                                                                    \
     }                                                                                              \
-    static cls_verdict pfx##_ops_feed(void *s, cls_dir dir, const uint8_t *data, size_t len,      \
+    static cls_verdict pfx##_ops_feed(void *s, cls_dir dir, const uint8_t *data, size_t len,       \
                                       size_t *consumed)                                            \
     {                                                                                              \
         return pfx##_classify_feed(s, dir, data, len, consumed);                                   \

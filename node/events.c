@@ -168,8 +168,7 @@ size_t ev_format(const pc_event *e, char *buf, size_t buflen)
     gmtime_r(&tv.tv_sec, &tm);
     char ts[96]; /* wide enough for any int the format could see */
     snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-             (int)(tv.tv_usec / 1000));
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(tv.tv_usec / 1000));
 
     char src[INET6_ADDRSTRLEN], dst[INET6_ADDRSTRLEN];
     uint16_t sport, dport;

@@ -14,17 +14,16 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: portcullis-node [options]\n"
-            "  --policy FILE     effective-policy document (default: the built-in policy)\n"
-            "  --listen ADDR:PORT  where the proxy listens (default 127.0.0.1:3128)\n"
-            "  --transparent     take the destination from redirected connections\n"
-            "  --threads N       event loops (default: one per CPU)\n"
-            "  --events FILE     JSON-lines event log, '-' for stdout (default)\n"
-            "  -n, --check       check the configuration, print 'configuration OK', exit\n"
-            "  --version         print the version\n"
-            "Signals: SIGHUP reloads the policy and reopens the event log,\n"
-            "SIGUSR1 prints counters, SIGINT/SIGTERM stop.\n");
+    fprintf(f, "usage: portcullis-node [options]\n"
+               "  --policy FILE     effective-policy document (default: the built-in policy)\n"
+               "  --listen ADDR:PORT  where the proxy listens (default 127.0.0.1:3128)\n"
+               "  --transparent     take the destination from redirected connections\n"
+               "  --threads N       event loops (default: one per CPU)\n"
+               "  --events FILE     JSON-lines event log, '-' for stdout (default)\n"
+               "  -n, --check       check the configuration, print 'configuration OK', exit\n"
+               "  --version         print the version\n"
+               "Signals: SIGHUP reloads the policy and reopens the event log,\n"
+               "SIGUSR1 prints counters, SIGINT/SIGTERM stop.\n");
 }
 
 static int load_policy(const char *path, pc_policy **out)
@@ -48,10 +47,14 @@ static int load_policy(const char *path, pc_policy **out)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"policy", required_argument, NULL, 'p'}, {"listen", required_argument, NULL, 'l'},
-        {"transparent", no_argument, NULL, 't'},  {"threads", required_argument, NULL, 'T'},
-        {"events", required_argument, NULL, 'e'}, {"check", no_argument, NULL, 'n'},
-        {"version", no_argument, NULL, 'V'},      {"help", no_argument, NULL, 'h'},
+        {"policy", required_argument, NULL, 'p'},
+        {"listen", required_argument, NULL, 'l'},
+        {"transparent", no_argument, NULL, 't'},
+        {"threads", required_argument, NULL, 'T'},
+        {"events", required_argument, NULL, 'e'},
+        {"check", no_argument, NULL, 'n'},
+        {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *policy_path = NULL, *events_path = "-";
@@ -125,8 +128,7 @@ int main(int argc, char **argv)
         pc_policy_unref(policy);
         return 1;
     }
-    fprintf(stderr,
-            "portcullis-node %s: listening on %s (%s proxy), policy version %llu from %s\n",
+    fprintf(stderr, "portcullis-node %s: listening on %s (%s proxy), policy version %llu from %s\n",
             NODE_VERSION, proxy_listen_address(px), cfg.transparent ? "transparent" : "explicit",
             (unsigned long long)pc_policy_version(policy),
             policy_path ? policy_path : "the built-in policy");

@@ -77,7 +77,7 @@ struct conn {
     uv_timer_t timer;
     int open_handles;
     enum { ST_OPEN, ST_LINGER, ST_CLOSING } st;
-    pc_proto proto;         /* classifier now on the connection */
+    pc_proto proto; /* classifier now on the connection */
     const cls_ops *ops;
     void *cls;
     half h[2];
@@ -85,17 +85,17 @@ struct conn {
     struct sockaddr_storage dst; /* upstream (transparent: original dst) */
     bool have_dst;
     bool explicit_mode;
-    bool tunnel;        /* explicit CONNECT established */
+    bool tunnel; /* explicit CONNECT established */
     bool up_connected;
     bool connecting;
-    bool first_done;    /* first unit from the client approved */
+    bool first_done; /* first unit from the client approved */
     bool switch_pending;
     bool blocked;
-    bool resp_open; /* a response is on its way to the client */
+    bool resp_open;        /* a response is on its way to the client */
     pc_proto tunnel_proto; /* explicit CONNECT: the port's protocol */
-    char host[256];     /* the name the client asked for (CONNECT, Host, SNI) */
-    uint16_t port;      /* destination port */
-    char up_host[256];  /* authority the upstream connection is for */
+    char host[256];        /* the name the client asked for (CONNECT, Host, SNI) */
+    uint16_t port;         /* destination port */
+    char up_host[256];     /* authority the upstream connection is for */
     uint16_t up_port;
     uint64_t head_deadline, connect_deadline, last_activity;
     uint64_t timer_due;
@@ -304,8 +304,7 @@ static void conn_close(conn *c)
         tls_probe_cancel(c->probe);
         c->probe = NULL;
     }
-    if (c->policy && pc_policy_proxy(c->policy)->log_allowed && c->first_done &&
-        !c->blocked)
+    if (c->policy && pc_policy_proxy(c->policy)->log_allowed && c->first_done && !c->blocked)
         emit(c, "allow", "closed", NULL);
     close_up(c);
     if (!uv_is_closing((uv_handle_t *)&c->client))
@@ -424,8 +423,7 @@ static void send_page(conn *c, int status, const char *reason, const char *detai
                       "<p>Reason: <code>%s</code></p><p>%s</p>"
                       "<p>Your IT department's policy does not allow this connection.</p>"
                       "</body></html>\n",
-                      status, status == 403 ? "Forbidden" : "Bad Gateway", esc_reason,
-                      esc_detail);
+                      status, status == 403 ? "Forbidden" : "Bad Gateway", esc_reason, esc_detail);
     int ml = snprintf(msg, sizeof(msg),
                       "HTTP/1.1 %d %s\r\nContent-Type: text/html; charset=utf-8\r\n"
                       "Content-Length: %d\r\nCache-Control: no-store\r\nConnection: close\r\n"
@@ -451,21 +449,27 @@ static bool can_send_page(conn *c, cls_dir dir)
         return false;
     if (!c->cls)
         return true; /* explicit mode before a classifier switch */
-    return !c->resp_open && http_classify_outstanding(c->cls) <= 1 &&
-           c->h[CLS_S2C].ok == 0 && !c->h[CLS_S2C].writing;
+    return !c->resp_open && http_classify_outstanding(c->cls) <= 1 && c->h[CLS_S2C].ok == 0 &&
+           !c->h[CLS_S2C].writing;
+}
+
+/* Ends the connection with an event: a page with status for an HTTP client
+ * that can still read one, otherwise a plain close. */
+static hresult block_with(conn *c, cls_dir dir, int status, const char *reason, const char *detail)
+{
+    c->blocked = true;
+    atomic_fetch_add_explicit(&c->w->blocked, 1, memory_order_relaxed);
+    emit(c, "block", reason, detail);
+    if (can_send_page(c, dir))
+        send_page(c, status, reason, detail);
+    else
+        conn_close(c);
+    return H_CLOSED;
 }
 
 static hresult block(conn *c, cls_dir dir, const char *reason, const char *detail)
 {
-    worker *w = c->w;
-    c->blocked = true;
-    atomic_fetch_add_explicit(&w->blocked, 1, memory_order_relaxed);
-    emit(c, "block", reason, detail);
-    if (can_send_page(c, dir))
-        send_page(c, 403, reason, detail);
-    else
-        conn_close(c);
-    return H_CLOSED;
+    return block_with(c, dir, 403, reason, detail);
 }
 
 static void note_exception(conn *c, const pc_decision *d, const char *what)
@@ -648,12 +652,7 @@ static void on_connected(uv_connect_t *req, int status)
         char detail[300];
         snprintf(detail, sizeof(detail), "%s port %u: %s", c->up_host, c->up_port,
                  uv_strerror(status));
-        emit(c, "block", "upstream-unreachable", detail);
-        atomic_fetch_add_explicit(&c->w->blocked, 1, memory_order_relaxed);
-        if (c->proto == PC_PROTO_HTTP && c->explicit_mode && !c->tunnel)
-            send_page(c, 502, "upstream-unreachable", detail);
-        else
-            conn_close(c);
+        block_with(c, CLS_C2S, 502, "upstream-unreachable", detail);
         return;
     }
     c->up_connected = true;
@@ -670,8 +669,8 @@ static void on_connected(uv_connect_t *req, int status)
 /* Connects upstream to sa; checked: its prefix was already checked. */
 static void connect_addr(conn *c, const struct sockaddr *sa, bool checked)
 {
-    memcpy(&c->dst, sa, sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                                  : sizeof(struct sockaddr_in));
+    memcpy(&c->dst, sa,
+           sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
     c->have_dst = true;
     if (!checked && check_addr(c, CLS_C2S, sa) == H_CLOSED)
         return;
@@ -694,8 +693,7 @@ static void connect_addr(conn *c, const struct sockaddr *sa, bool checked)
         c->creq = NULL;
         char detail[300];
         snprintf(detail, sizeof(detail), "%s: %s", c->up_host, uv_strerror(rc));
-        emit(c, "block", "upstream-unreachable", detail);
-        conn_close(c);
+        block_with(c, CLS_C2S, 502, "upstream-unreachable", detail);
     }
 }
 
@@ -717,13 +715,8 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         snprintf(detail, sizeof(detail), "%s: %s", c->up_host, uv_strerror(status));
         c->connecting = false;
         c->connect_deadline = 0;
-        emit(c, "block", "dns-failure", detail);
-        atomic_fetch_add_explicit(&c->w->blocked, 1, memory_order_relaxed);
-        if (c->proto == PC_PROTO_HTTP && c->explicit_mode && !c->tunnel)
-            send_page(c, 502, "dns-failure", detail);
-        else
-            conn_close(c);
         uv_freeaddrinfo(res);
+        block_with(c, CLS_C2S, 502, "dns-failure", detail);
         return;
     }
     /* Every address the name resolves to is checked: a name that leads into
@@ -775,8 +768,7 @@ static void connect_start(conn *c, const char *host, uint16_t port)
     if (rc != 0) {
         free(c->gai);
         c->gai = NULL;
-        emit(c, "block", "dns-failure", uv_strerror(rc));
-        conn_close(c);
+        block_with(c, CLS_C2S, 502, "dns-failure", uv_strerror(rc));
     }
 }
 
@@ -791,13 +783,11 @@ static hresult ensure_upstream(conn *c)
         if (sa->sa_family == AF_INET)
             inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, addr, sizeof(addr));
         else
-            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, addr,
-                      sizeof(addr));
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, addr, sizeof(addr));
         snprintf(c->up_host, sizeof(c->up_host), "%s", addr);
         c->up_port = c->port;
         c->connecting = true;
-        c->connect_deadline =
-            uv_now(&c->w->loop) + pc_policy_proxy(c->policy)->connect_timeout_ms;
+        c->connect_deadline = uv_now(&c->w->loop) + pc_policy_proxy(c->policy)->connect_timeout_ms;
         arm_timer(c);
         struct sockaddr_storage copy = c->dst;
         connect_addr(c, (struct sockaddr *)&copy, true); /* checked at accept */
@@ -892,8 +882,7 @@ static hresult on_http_request(conn *c, const http_request_info *r)
 
     /* Transparent mode or inside a tunnel: origin-form to the destination. */
     if (r->form == HTTP_FORM_AUTHORITY)
-        return block(c, CLS_C2S, "http-connect-not-proxy",
-                     "CONNECT sent to an origin server");
+        return block(c, CLS_C2S, "http-connect-not-proxy", "CONNECT sent to an origin server");
     if (!c->h[CLS_C2S].checked) {
         if (r->host[0])
             snprintf(c->host, sizeof(c->host), "%s", r->host);
@@ -909,13 +898,13 @@ static hresult on_http_response(conn *c, const http_response_info *r)
 {
     if (!r)
         return block(c, CLS_S2C, "proxy-state", "response facts missing");
-    pc_decision d = pc_group_check_download(c->group, r->content_type,
-                                            r->disposition_filename, r->body_starts_mz);
+    pc_decision d = pc_group_check_download(c->group, r->content_type, r->disposition_filename,
+                                            r->body_starts_mz);
     if (d.block) {
         char detail[600];
-        snprintf(detail, sizeof(detail), "content-type '%s' file '%s'%s: rule %s",
-                 r->content_type, r->disposition_filename,
-                 r->body_starts_mz ? " body starts with MZ" : "", d.rule ? d.rule : "");
+        snprintf(detail, sizeof(detail), "content-type '%s' file '%s'%s: rule %s", r->content_type,
+                 r->disposition_filename, r->body_starts_mz ? " body starts with MZ" : "",
+                 d.rule ? d.rule : "");
         return block(c, CLS_S2C, "executable-download", detail);
     }
     note_exception(c, &d, "download");
@@ -947,8 +936,9 @@ static const char *tls_name(conn *c, const tls_info *ti, char *buf, size_t bufle
     const struct sockaddr *sa = (const struct sockaddr *)&c->dst;
     buf[0] = '\0';
     inet_ntop(sa->sa_family,
-              sa->sa_family == AF_INET ? (const void *)&((const struct sockaddr_in *)sa)->sin_addr
-                                       : (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr,
+              sa->sa_family == AF_INET
+                  ? (const void *)&((const struct sockaddr_in *)sa)->sin_addr
+                  : (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr,
               buf, (socklen_t)buflen);
     return buf;
 }
@@ -971,8 +961,8 @@ static hresult on_tls_server_hello(conn *c, const tls_info *ti)
     bool ok = false;
     char reason[300] = "", addrname[INET6_ADDRSTRLEN];
     const char *name = tls_name(c, ti, addrname, sizeof(addrname));
-    int rc = tls_probe_check(c->w->px->probe, &c->w->loop, (const struct sockaddr *)&c->dst,
-                             name, on_probe_done, c, &ok, reason, sizeof(reason), &c->probe);
+    int rc = tls_probe_check(c->w->px->probe, &c->w->loop, (const struct sockaddr *)&c->dst, name,
+                             on_probe_done, c, &ok, reason, sizeof(reason), &c->probe);
     if (rc == 1) {
         if (ok)
             return H_CONTINUE;
@@ -991,8 +981,8 @@ static hresult on_tls_certificate(conn *c)
     size_t n = tls_classify_chain(c->cls, &der, &der_len);
     char reason[300] = "", names[1024] = "", addrname[INET6_ADDRSTRLEN];
     const char *name = tls_name(c, ti, addrname, sizeof(addrname));
-    int rc = tls_verify_chain(c->w->px->store, der, der_len, n, name, reason, sizeof(reason),
-                              names, sizeof(names));
+    int rc = tls_verify_chain(c->w->px->store, der, der_len, n, name, reason, sizeof(reason), names,
+                              sizeof(names));
     /* The names the certificate is for count as much as the SNI. */
     char *save = NULL;
     for (char *nm = strtok_r(names, ",", &save); nm; nm = strtok_r(NULL, ",", &save)) {
@@ -1005,15 +995,13 @@ static hresult on_tls_certificate(conn *c)
     if (rc == 0)
         return H_CONTINUE;
     switch (pc_group_cert_mode(c->group)) {
-    case PC_CERT_REQUIRED:
-        return block(c, CLS_S2C, "tls-certificate", reason);
+    case PC_CERT_REQUIRED: return block(c, CLS_S2C, "tls-certificate", reason);
     case PC_CERT_EXEMPT: {
         pc_decision d = {.exception = true, .list = "certificate", .rule = reason};
         note_exception(c, &d, "certificate");
         return H_CONTINUE;
     }
-    case PC_CERT_OFF:
-        break;
+    case PC_CERT_OFF: break;
     }
     return H_CONTINUE;
 }
@@ -1065,10 +1053,8 @@ static hresult on_event(conn *c, cls_dir dir, int ev)
             }
         }
         return dir == CLS_C2S ? ensure_upstream(c) : H_CONTINUE;
-    case PC_PROTO_MMS:
-        return dir == CLS_C2S ? ensure_upstream(c) : H_CONTINUE;
-    default:
-        return H_CONTINUE;
+    case PC_PROTO_MMS: return dir == CLS_C2S ? ensure_upstream(c) : H_CONTINUE;
+    default: return H_CONTINUE;
     }
 }
 
@@ -1159,8 +1145,7 @@ static void pump(conn *c, cls_dir dir)
          * count. */
         bool partial = !h->event_pending && (h->fed > h->ok || !c->first_done);
         if (partial && !c->head_deadline) {
-            c->head_deadline =
-                uv_now(&c->w->loop) + pc_policy_proxy(c->policy)->header_timeout_ms;
+            c->head_deadline = uv_now(&c->w->loop) + pc_policy_proxy(c->policy)->header_timeout_ms;
             arm_timer(c);
         } else if (!partial) {
             c->head_deadline = 0;
@@ -1287,8 +1272,7 @@ static void update_reading(conn *c, cls_dir dir)
     if (!src || (dir == CLS_S2C && !c->up_connected))
         return;
     bool want = !h->writing && !h->eof && !(dir == CLS_C2S && c->switch_pending) &&
-                !pipeline_full(c, dir) &&
-                (h->len < h->cap || half_may_grow(h));
+                !pipeline_full(c, dir) && (h->len < h->cap || half_may_grow(h));
     if (want && !uv_is_active((uv_handle_t *)src))
         uv_read_start(src, on_alloc, dir == CLS_C2S ? on_client_read : on_up_read);
     else if (!want && uv_is_active((uv_handle_t *)src))
@@ -1439,8 +1423,10 @@ static void on_accept(uv_stream_t *server, int status)
             /* At most one event a second per thread: a flood must not flood
              * the log as well. */
             w->limit_logged_at = now;
-            emit(c, "block", "connection-limit", "too many connections; further refusals this second are counted only");
+            emit(c, "block", "connection-limit",
+                 "too many connections; further refusals this second are counted only");
         }
+        c->blocked = true;
         conn_close(c);
         return;
     }
@@ -1563,8 +1549,9 @@ static int bind_reuseport(const struct sockaddr *sa, char *err, size_t errlen)
     }
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
-        bind(fd, sa, sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                               : sizeof(struct sockaddr_in)) != 0) {
+        bind(fd, sa,
+             sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                       : sizeof(struct sockaddr_in)) != 0) {
         snprintf(err, errlen, "bind: %s", strerror(errno));
         close(fd);
         return -1;
@@ -1572,8 +1559,8 @@ static int bind_reuseport(const struct sockaddr *sa, char *err, size_t errlen)
     return fd;
 }
 
-int proxy_start(proxy **out, const proxy_config *cfg, pc_policy *policy, ev_sink *events,
-                char *err, size_t errlen)
+int proxy_start(proxy **out, const proxy_config *cfg, pc_policy *policy, ev_sink *events, char *err,
+                size_t errlen)
 {
     proxy *px = calloc(1, sizeof(*px));
     if (!px) {
