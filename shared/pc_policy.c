@@ -673,7 +673,7 @@ static int rules_read_domains(ctx *c, pc_rules *r, const cJSON *arr)
     if (domset_init(&r->domains, &c->p->mem, n) != 0)
         return fail_oom(c);
     for (const cJSON *it = arr->child; it; it = it->next, i++) {
-        char name[MAX_DOMAIN + 1];
+        char name[MAX_DOMAIN + 1] = "";
         size_t len = 0;
         size_t old = path_index(c, i);
         if (read_domain(c, it, name, &len) != 0)
