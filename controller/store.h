@@ -1,0 +1,296 @@
+/* store.h - the controller's state in one SQLite file: the policy model
+ * (regions, offices, groups, settings, rules, lists, nodes) with a revision
+ * and an audit row for every change, users and API tokens, node state, and
+ * node events. docs/controller-store.md is the operator's page.
+ *
+ * Conventions:
+ * - Every function returns STORE_OK (0) or a negative STORE_E* code; on
+ *   failure store_error_message() says why and store_error_field() names the
+ *   offending input field ("" when none). Nothing is changed on failure.
+ * - Objects go in and out as cJSON. What a function returns through a
+ *   cJSON ** is the caller's (cJSON_Delete); an output pointer may be NULL
+ *   when the caller does not want it. Inputs are only read.
+ * - Times are milliseconds since 1970 UTC on input and ISO 8601 UTC strings
+ *   ("2026-11-24T23:59:01.123Z") in returned JSON.
+ * - actor is who makes the change (a user name, "system"); it goes into the
+ *   audit log and the revision's author. 1 to 128 bytes of text.
+ * - if_etag: the etag the caller read (a policy object's "etag", the number
+ *   of the revision that last changed it); 0 = do not check. A mismatch is
+ *   STORE_ESTALE and changes nothing.
+ * - A store handle is used by one thread at a time. Open one per thread:
+ *   SQLite in WAL mode lets readers run beside the one writer.
+ */
+#ifndef PORTCULLIS_STORE_H
+#define PORTCULLIS_STORE_H
+
+#include "model.h"
+
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define STORE_WUR __attribute__((warn_unused_result))
+
+typedef struct store store;
+
+/* The codes, with the HTTP status a REST answer would carry. */
+enum {
+    STORE_OK = 0,
+    STORE_ERR = -1,       /* 500: SQLite, I/O or memory; the message says which */
+    STORE_ENOTFOUND = -2, /* 404: no such object, revision, node, user or token */
+    STORE_ECONFLICT = -3, /* 409: a unique name is taken, or the object is still used */
+    STORE_EINVALID = -4,  /* 422: bad input; store_error_field() names the field */
+    STORE_ESTALE = -5,    /* 412: if_etag is not the object's etag: read it again */
+    STORE_EVERSION = -6,  /* store_open: the database is newer than this binary */
+    STORE_EBUSY = -7,     /* 503: another writer held the database past the busy timeout */
+};
+
+/* --- opening ------------------------------------------------------------- */
+
+/* Opens (creating when missing) the database at path and brings its schema to
+ * the newest migration this binary carries, all pending migrations in one
+ * transaction; a new database is also seeded (global settings, the shipped
+ * lists, user "admin", revision 1). A database of a newer schema is refused
+ * with STORE_EVERSION and a message naming both versions. On failure err
+ * holds the reason and *out is NULL. */
+int store_open(const char *path, store **out, char *err, size_t errlen) STORE_WUR;
+/* Closes the database; NULL is fine. */
+void store_close(store *s);
+/* Whether this store_open created the database (first start). */
+bool store_created(const store *s);
+/* The schema version this binary migrates to (the newest NNN_*.sql). */
+int store_schema_version(void);
+/* Why the last call on s failed; "" after a success. Valid until the next
+ * call on s. */
+const char *store_error_message(const store *s);
+/* The input field the last failure is about ("name", "sources[2]",
+ * "list.domains[0]"), or "". Valid until the next call on s. */
+const char *store_error_field(const store *s);
+/* A short constant name for a STORE_* code ("not-found", "conflict", ...). */
+const char *store_code_name(int code);
+
+/* --- policy objects ------------------------------------------------------ */
+
+/* The kinds of policy object with an id. Each JSON object has "id" and
+ * "etag" (read-only; ignored on input) and these fields:
+ *   region: name (1..128 bytes of text)
+ *   office: name, region_id, lan_prefixes ([CIDR], default [])
+ *   group:  name ([A-Za-z0-9_.-]{1,64}, not "defaults"), office_id (null =
+ *           every office), sources ([CIDR], at least one), users ([name])
+ *   rule:   scope ("global", "region", "office", "group"), scope_id (null for
+ *           global), kind ("skype", "domain", "prefix", "url_suffix"), value
+ *           ("" or absent for skype), action ("allow", "block"), comment
+ *   list:   name ([A-Za-z0-9_.-]{1,64}), list (the object a policy document
+ *           carries under "lists"); returned with "category" and "shipped"
+ *   node:   name (its identity, [A-Za-z0-9_.-]{1,64}), office_id; returned
+ *           with its state: enrollment, last_seen, enforced_version,
+ *           pending_version, last_error
+ * Values are returned normalized (CIDRs canonical, domains lower case).
+ * Unknown input fields are STORE_EINVALID. */
+typedef enum {
+    STORE_REGION = 0,
+    STORE_OFFICE,
+    STORE_GROUP,
+    STORE_RULE,
+    STORE_LIST,
+    STORE_NODE,
+} store_kind;
+
+/* The kind's singular name ("region"), as used in audit rows. */
+const char *store_kind_name(store_kind k);
+
+/* All objects of a kind as a JSON array ordered by id; *out is the caller's. */
+int store_object_list(store *s, store_kind k, cJSON **out) STORE_WUR;
+/* One object; *out is the caller's. STORE_ENOTFOUND when there is none. */
+int store_object_get(store *s, store_kind k, int64_t id, cJSON **out) STORE_WUR;
+/* Creates an object from in; makes a new revision and an audit row. *out
+ * (optional) is the created object, the caller's. */
+int store_object_create(store *s, store_kind k, const cJSON *in, const char *actor,
+                        cJSON **out) STORE_WUR;
+/* Replaces object id with in (every writable field; an absent optional field
+ * takes its default); new revision and audit row. *out (optional) is the
+ * object as stored, the caller's. */
+int store_object_update(store *s, store_kind k, int64_t id, const cJSON *in, int64_t if_etag,
+                        const char *actor, cJSON **out) STORE_WUR;
+/* Deletes object id; new revision and audit row. A region with offices, an
+ * office with groups or nodes, and a list named in settings are
+ * STORE_ECONFLICT. An office's or region's rules and settings, and a
+ * group's rules, go with it. */
+int store_object_delete(store *s, store_kind k, int64_t id, int64_t if_etag,
+                        const char *actor) STORE_WUR;
+
+/* --- settings ------------------------------------------------------------ */
+
+/* Settings of one scope: MODEL_SCOPE_GLOBAL (scope_id 0), _REGION or _OFFICE.
+ * JSON fields, each null = inherit from the scope above: ports ({"443":
+ * "tls", ...}: http, tls, rtsp, mms, passthrough), require_certificate,
+ * block_executables, use_lists ([list name]), block_high_ports,
+ * high_port_threshold (1..65535), open_ports ([{"port", "proto": "tcp"|
+ * "udp", "devices": [CIDR]}]); read-only: scope, scope_id, etag. */
+int store_settings_get(store *s, model_scope scope, int64_t scope_id, cJSON **out) STORE_WUR;
+/* Every scope's settings, global first, then regions and offices by id. */
+int store_settings_list(store *s, cJSON **out) STORE_WUR;
+/* Replaces a scope's settings with in (an absent field is null); new
+ * revision and audit row. *out (optional) is the result, the caller's. */
+int store_settings_put(store *s, model_scope scope, int64_t scope_id, const cJSON *in,
+                       int64_t if_etag, const char *actor, cJSON **out) STORE_WUR;
+
+/* --- revisions ----------------------------------------------------------- */
+
+/* The newest revision's number into *out. */
+int store_revision_current(store *s, int64_t *out) STORE_WUR;
+/* Revisions newest first, numbers below before (0 = from the newest), at most
+ * limit (1..1000; 0 = 100): [{"revision", "created_at", "author",
+ * "comment"}]; *out is the caller's. */
+int store_revision_list(store *s, int64_t before, unsigned limit, cJSON **out) STORE_WUR;
+/* One revision: its metadata, "changes" (what changed from the revision
+ * before, as in store_revision_diff) and the whole model under "model" (the
+ * objects of every kind as the API shows their policy fields, and
+ * "settings"); *out is the caller's. */
+int store_revision_get(store *s, int64_t revision, cJSON **out) STORE_WUR;
+/* What changed from revision a to b: {"from", "to", "changes": [{"type",
+ * "op": "added"|"removed"|"changed", "id" (or "scope", "scope_id" for
+ * settings), "before", "after"}]}; *out is the caller's. */
+int store_revision_diff(store *s, int64_t a, int64_t b, cJSON **out) STORE_WUR;
+/* Restores the policy of an earlier revision (regions, offices, groups,
+ * settings, rules, lists, with their ids) as one new revision with an audit
+ * row; its number into *new_revision (optional). Objects it changes get the
+ * new revision as etag. Nodes stay as they are: if a node's office is not in
+ * that revision, STORE_ECONFLICT. */
+int store_rollback(store *s, int64_t revision, const char *actor, int64_t *new_revision) STORE_WUR;
+/* Fills *out with the model at a revision (0 = the newest); the caller
+ * releases it with model_free. On failure *out is zeroed. */
+int store_model_load(store *s, int64_t revision, model *out) STORE_WUR;
+
+/* --- audit --------------------------------------------------------------- */
+
+typedef struct store_audit_query {
+    int64_t from_ms, to_ms;  /* [from, to); 0 = unbounded */
+    const char *actor;       /* NULL = any */
+    const char *object_type; /* "region", "settings", "token", ...; NULL = any */
+    const char *object_id;   /* with object_type; NULL = any */
+    const char *cursor;      /* "next_cursor" of the previous page; NULL = newest */
+    unsigned limit;          /* 1..1000; 0 = 100 */
+} store_audit_query;
+
+/* Audit rows newest first: {"entries": [{"id", "time", "actor", "action",
+ * "object_type", "object_id", "before", "after", "revision"}],
+ * "next_cursor": string or null}; *out is the caller's. */
+int store_audit_list(store *s, const store_audit_query *q, cJSON **out) STORE_WUR;
+
+/* --- users and API tokens ------------------------------------------------ */
+
+typedef enum {
+    STORE_ROLE_NONE = 0,
+    STORE_ROLE_VIEWER = 1,   /* read only */
+    STORE_ROLE_OPERATOR = 2, /* policy and nodes */
+    STORE_ROLE_ADMIN = 3,    /* everything */
+} store_role;
+
+/* "viewer", "operator", "admin" (NULL for NONE), and back (NONE when unknown). */
+const char *store_role_name(store_role r);
+store_role store_role_from_name(const char *name);
+
+/* Creates a user from {"name", "role"}; audited. *out (optional) is
+ * {"id", "name", "role", "created_at"}, the caller's. */
+int store_user_create(store *s, const cJSON *in, const char *actor, cJSON **out) STORE_WUR;
+/* Users ordered by id; *out is the caller's. */
+int store_user_list(store *s, cJSON **out) STORE_WUR;
+/* One user by id; *out is the caller's. */
+int store_user_get(store *s, int64_t id, cJSON **out) STORE_WUR;
+/* The id of the user with this name into *id. */
+int store_user_find(store *s, const char *name, int64_t *id) STORE_WUR;
+/* Deletes a user and its tokens; audited. */
+int store_user_delete(store *s, int64_t id, const char *actor) STORE_WUR;
+
+/* Who a token belongs to. */
+typedef struct store_principal {
+    int64_t user_id, token_id;
+    char user[65];
+    store_role role; /* the token's role */
+} store_principal;
+
+/* Creates a random token for a user with a role no higher than the user's;
+ * audited. *token receives the plaintext (the only time it exists; the
+ * caller frees it with free() after explicit_bzero); *out (optional) is the
+ * token's row without any secret, the caller's. */
+int store_token_create(store *s, int64_t user_id, store_role role, const char *label,
+                       const char *actor, char **token, cJSON **out) STORE_WUR;
+/* The same for a plaintext the operator chose (PORTCULLIS_ADMIN_TOKEN): 32
+ * to 256 printable ASCII bytes; only its hash is stored. */
+int store_token_import(store *s, int64_t user_id, store_role role, const char *label,
+                       const char *token, const char *actor, cJSON **out) STORE_WUR;
+/* Checks a presented token: STORE_OK and *p filled when it is known and not
+ * revoked (its last use is recorded, at most once a minute); STORE_ENOTFOUND
+ * otherwise, the same for unknown and revoked. */
+int store_token_verify(store *s, const char *token, store_principal *p) STORE_WUR;
+/* Revokes a token (kept, marked revoked); audited. Revoking twice is fine. */
+int store_token_revoke(store *s, int64_t token_id, const char *actor) STORE_WUR;
+/* Tokens ordered by id: {"id", "user_id", "user", "role", "label",
+ * "created_at", "last_used_at", "revoked_at"}; *out is the caller's. */
+int store_token_list(store *s, cJSON **out) STORE_WUR;
+
+/* --- node state (not revisioned) ----------------------------------------- */
+
+/* The node with this identity; *out (the caller's) as store_object_get. */
+int store_node_find(store *s, const char *name, cJSON **out) STORE_WUR;
+/* Sets "pending", "enrolled" or "revoked"; audited (no new revision). */
+int store_node_set_enrollment(store *s, int64_t id, const char *state, const char *actor) STORE_WUR;
+/* Records when the hub last heard from the node. */
+int store_node_seen(store *s, int64_t id, int64_t time_ms) STORE_WUR;
+/* Records the node's policy state: the version it enforces and the one it
+ * was sent and has not acknowledged (0 = none for either), and its last
+ * error (NULL = none). */
+int store_node_set_versions(store *s, int64_t id, int64_t enforced, int64_t pending,
+                            const char *last_error) STORE_WUR;
+
+/* --- events -------------------------------------------------------------- */
+
+/* Stores a batch of a node's events (a JSON array of objects shaped as
+ * docs/events.md, each with "seq" >= 1) in one transaction, each (node, seq)
+ * at most once: a seq already stored is skipped. *inserted (optional)
+ * receives how many were new. Fields the store does not know are ignored; a
+ * malformed event refuses the batch (field "[i].name"). */
+int store_events_insert(store *s, const char *node, const cJSON *batch, size_t *inserted) STORE_WUR;
+
+typedef struct store_event_query {
+    int64_t from_ms, to_ms; /* [from, to); 0 = unbounded */
+    int64_t office_id;      /* 0 = any */
+    int64_t region_id;      /* 0 = any */
+    const char *group;      /* NULL = any */
+    const char *type;       /* "block", "exception", "allow"; NULL = any */
+    const char *node;       /* NULL = any */
+    const char *cursor;     /* "next_cursor" of the previous page; NULL = newest */
+    unsigned limit;         /* 1..1000; 0 = 100 */
+} store_event_query;
+
+/* Events newest first: {"events": [...], "next_cursor": string or null};
+ * *out is the caller's. */
+int store_events_query(store *s, const store_event_query *q, cJSON **out) STORE_WUR;
+
+/* --- internal: the generated table of embedded files, and tests ---------- */
+
+typedef struct store_migration {
+    int version;      /* 1, 2, ... without gaps */
+    const char *name; /* "001_init.sql" */
+    const char *sql;
+} store_migration;
+
+typedef struct store_shipped_list {
+    const char *name; /* the file name without .json */
+    const char *json;
+} store_shipped_list;
+
+extern const store_migration store__migrations[];
+extern const size_t store__nmigrations;
+extern const store_shipped_list store__shipped_lists[];
+extern const size_t store__nshipped_lists;
+
+/* store_open with another list of migrations; store_open passes the
+ * embedded one. Tests use it to build old databases and to fail a
+ * migration on purpose. */
+int store__open_with(const char *path, const store_migration *migrations, size_t n, store **out,
+                     char *err, size_t errlen) STORE_WUR;
+
+#endif
