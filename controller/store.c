@@ -35,6 +35,7 @@
 struct store {
     sqlite3 *db;
     bool created;
+    model *dry; /* set during store_dry_run: fill it and roll back */
     char msg[512];
     char field[128];
 };
@@ -249,9 +250,17 @@ static void rollback(store *s)
         sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
 }
 
-/* Ends a transaction: commits when rc is STORE_OK, else rolls back. */
+static int dry_run_capture(store *s);
+
+/* Ends a transaction: commits when rc is STORE_OK, else rolls back. In a
+ * dry run a successful change is captured as a model, then rolled back. */
 static int finish(store *s, int rc)
 {
+    if (rc == STORE_OK && s->dry) {
+        rc = dry_run_capture(s);
+        rollback(s);
+        return rc;
+    }
     if (rc == STORE_OK)
         rc = commit(s);
     if (rc != STORE_OK)
@@ -2764,6 +2773,34 @@ static bool model_from(const cJSON *snap, model *m)
             return false;
     }
     return true;
+}
+
+/* Inside the dry run's transaction: the model as the change left it. */
+static int dry_run_capture(store *s)
+{
+    cJSON *snap = NULL;
+    int64_t number = 0;
+    int rc = snapshot_at(s, 0, &snap, &number);
+    if (rc == STORE_OK) {
+        s->dry->revision = number;
+        if (!model_from(snap, s->dry))
+            rc = oom(s);
+    }
+    cJSON_Delete(snap);
+    return rc;
+}
+
+int store_dry_run(store *s, int (*change)(store *s, void *arg), void *arg, model *after)
+{
+    memset(after, 0, sizeof(*after));
+    s->dry = after;
+    int rc = change(s, arg);
+    s->dry = NULL;
+    if (rc != STORE_OK) {
+        model_free(after);
+        memset(after, 0, sizeof(*after));
+    }
+    return rc;
 }
 
 int store_model_load(store *s, int64_t revision, model *out)

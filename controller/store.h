@@ -162,6 +162,13 @@ int store_rollback(store *s, int64_t revision, const char *actor, int64_t *new_r
 /* Fills *out with the model at a revision (0 = the newest); the caller
  * releases it with model_free. On failure *out is zeroed. */
 int store_model_load(store *s, int64_t revision, model *out) STORE_WUR;
+/* Dry run: calls change(s, arg), which makes ONE mutation through this store
+ * (store_object_*, store_settings_put); that mutation is checked and applied
+ * as usual, but inside its transaction *after is filled with the model as it
+ * would then be, and the transaction is rolled back: nothing is kept, no
+ * revision or audit row remains. Returns change's result; on failure *after
+ * is zeroed. The caller releases *after with model_free. */
+int store_dry_run(store *s, int (*change)(store *s, void *arg), void *arg, model *after) STORE_WUR;
 
 /* --- audit --------------------------------------------------------------- */
 

@@ -667,6 +667,54 @@ static void test_every_change_is_one_revision(void)
     store_close(s);
 }
 
+typedef struct dry_change {
+    const char *json;
+    int64_t region;
+} dry_change;
+
+static int dry_create_office(store *s, void *arg)
+{
+    dry_change *d = arg;
+    cJSON *in = J(d->json);
+    int rc = store_object_create(s, STORE_OFFICE, in, "tester", NULL);
+    cJSON_Delete(in);
+    return rc;
+}
+
+static void test_dry_run(void)
+{
+    store *s = fresh();
+    int64_t r = create(s, STORE_REGION, "{\"name\": \"EMEA\"}");
+    int64_t before_rev = 0, after_rev = 0;
+    CU_ASSERT_EQUAL(store_revision_current(s, &before_rev), STORE_OK);
+    char txt[128];
+    snprintf(txt, sizeof(txt), "{\"name\": \"Paris\", \"region_id\": %lld}", (long long)r);
+    dry_change d = {txt, r};
+    model after;
+    CU_ASSERT_EQUAL_FATAL(store_dry_run(s, dry_create_office, &d, &after), STORE_OK);
+    /* The model as it would be has the office ... */
+    CU_ASSERT_EQUAL(after.noffices, 1);
+    if (after.noffices == 1)
+        CU_ASSERT_STRING_EQUAL(after.offices[0].name, "Paris");
+    model_free(&after);
+    /* ... and nothing of it was kept: no office, no new revision. */
+    cJSON *offices = NULL;
+    CU_ASSERT_EQUAL(store_object_list(s, STORE_OFFICE, &offices), STORE_OK);
+    CU_ASSERT_EQUAL(cJSON_GetArraySize(offices), 0);
+    cJSON_Delete(offices);
+    CU_ASSERT_EQUAL(store_revision_current(s, &after_rev), STORE_OK);
+    CU_ASSERT_EQUAL(after_rev, before_rev);
+    /* A change the store refuses is refused in a dry run too, with the field. */
+    dry_change bad = {"{\"name\": \"\", \"region_id\": 1}", r};
+    CU_ASSERT_EQUAL(store_dry_run(s, dry_create_office, &bad, &after), STORE_EINVALID);
+    CU_ASSERT_EQUAL(after.noffices, 0);
+    /* And the store still works normally afterwards. */
+    create(s, STORE_OFFICE, txt);
+    CU_ASSERT_EQUAL(store_revision_current(s, &after_rev), STORE_OK);
+    CU_ASSERT_EQUAL(after_rev, before_rev + 1);
+    store_close(s);
+}
+
 static void test_stale_etag(void)
 {
     store *s = fresh();
@@ -1497,6 +1545,7 @@ int unit_register(void)
     static const unit_case revisions[] = {
         {"every change is one revision", test_every_change_is_one_revision},
         {"stale etag", test_stale_etag},
+        {"dry run", test_dry_run},
         {"model load", test_model_load},
         {"rollback", test_rollback},
         {"revision read", test_revision_read},
