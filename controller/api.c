@@ -7,6 +7,7 @@
  * tests/system/test_controller.py checks both agree.
  */
 #include "api.h"
+#include "pc_text.h"
 
 #include "compiler.h"
 #include "store.h"
@@ -170,41 +171,6 @@ static bool parse_id(const char *s, int64_t *out)
         v = v * 10 + (*p - '0');
     }
     *out = v;
-    return true;
-}
-
-/* Valid UTF-8 without control characters. */
-static bool text_ok(const char *s)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    while (*p) {
-        unsigned char ch = *p;
-        int n;
-        uint32_t cp;
-        if (ch < 0x80) {
-            if (ch < 0x20 || ch == 0x7f)
-                return false;
-            p++;
-            continue;
-        } else if ((ch & 0xe0) == 0xc0) {
-            n = 1, cp = ch & 0x1f;
-        } else if ((ch & 0xf0) == 0xe0) {
-            n = 2, cp = ch & 0x0f;
-        } else if ((ch & 0xf8) == 0xf0) {
-            n = 3, cp = ch & 0x07;
-        } else {
-            return false;
-        }
-        for (int i = 1; i <= n; i++) {
-            if ((p[i] & 0xc0) != 0x80)
-                return false;
-            cp = (cp << 6) | (p[i] & 0x3f);
-        }
-        if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) ||
-            cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff) || (cp >= 0x80 && cp < 0xa0))
-            return false;
-        p += n + 1;
-    }
     return true;
 }
 
@@ -383,7 +349,7 @@ static bool string_field(req *r, const cJSON *obj, const char *name, bool requir
                            "field '%s' must be %zu to %zu bytes long", name, min, max);
         return false;
     }
-    if (!text_ok(v->valuestring)) {
+    if (!pc_text_ok(v->valuestring)) {
         *sent = send_error(r, MHD_HTTP_UNPROCESSABLE_CONTENT, "invalid", name,
                            "field '%s' must be UTF-8 text without control characters", name);
         return false;
@@ -596,7 +562,7 @@ static bool query_parse(req *r, const char *name, qkind k, int64_t *i64, const c
             want = "a whole number from 1 to 1000";
         break;
     case Q_TEXT:
-        if (!*v || strlen(v) > 256 || !text_ok(v))
+        if (!*v || strlen(v) > 256 || !pc_text_ok(v))
             want = "1 to 256 bytes of text";
         break;
     }

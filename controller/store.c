@@ -3,6 +3,7 @@
  * users and API tokens, node state and node events. Every statement is
  * prepared with its values bound; every change runs in one transaction. */
 #include "store.h"
+#include "pc_text.h"
 
 #include "pc_cidr.h"
 #include "pc_policy.h"
@@ -526,44 +527,6 @@ static int check_keys(store *s, const cJSON *in, const char *const *allowed,
     return STORE_OK;
 }
 
-/* UTF-8 without control characters. */
-static bool text_ok(const char *s)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    while (*p) {
-        unsigned char ch = *p;
-        size_t n;
-        uint32_t cp;
-        if (ch < 0x20 || ch == 0x7f)
-            return false;
-        if (ch < 0x80) {
-            p++;
-            continue;
-        } else if ((ch & 0xe0) == 0xc0) {
-            n = 1;
-            cp = ch & 0x1f;
-        } else if ((ch & 0xf0) == 0xe0) {
-            n = 2;
-            cp = ch & 0x0f;
-        } else if ((ch & 0xf8) == 0xf0) {
-            n = 3;
-            cp = ch & 0x07;
-        } else {
-            return false;
-        }
-        for (size_t i = 1; i <= n; i++) {
-            if ((p[i] & 0xc0) != 0x80)
-                return false;
-            cp = (cp << 6) | (p[i] & 0x3f);
-        }
-        if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) ||
-            cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return false;
-        p += n + 1;
-    }
-    return true;
-}
-
 /* A string of text of min..max bytes. */
 static int want_text(store *s, const cJSON *v, const char *field, size_t min, size_t max,
                      const char **out)
@@ -573,7 +536,7 @@ static int want_text(store *s, const cJSON *v, const char *field, size_t min, si
     size_t n = strlen(v->valuestring);
     if (n < min || n > max)
         return invalid(s, field, "must be %zu to %zu bytes long", min, max);
-    if (!text_ok(v->valuestring))
+    if (!pc_text_ok(v->valuestring))
         return invalid(s, field, "must be UTF-8 text without control characters");
     *out = v->valuestring;
     return STORE_OK;
@@ -716,7 +679,7 @@ static int want_free(store *s, const char *field, const char *sql, const char *t
 
 static int check_actor(store *s, const char *actor)
 {
-    if (!actor || !actor[0] || strlen(actor) > MAX_LABEL || !text_ok(actor))
+    if (!actor || !actor[0] || strlen(actor) > MAX_LABEL || !pc_text_ok(actor))
         return invalid(s, "actor", "must be 1 to %d bytes of text", MAX_LABEL);
     return STORE_OK;
 }
@@ -3110,7 +3073,7 @@ static int token_store(store *s, int64_t user_id, store_role role, const char *l
     int rc = check_actor(s, actor);
     if (rc == STORE_OK && !store_role_name(role))
         rc = invalid(s, "role", "must be admin, operator or viewer");
-    if (rc == STORE_OK && label && (strlen(label) > MAX_LABEL || !text_ok(label)))
+    if (rc == STORE_OK && label && (strlen(label) > MAX_LABEL || !pc_text_ok(label)))
         rc = invalid(s, "label", "must be at most %d bytes of text", MAX_LABEL);
     if (rc == STORE_OK && !sha256(token, strlen(token), h))
         rc = fail(s, STORE_ERR, NULL, "SHA-256 failed");

@@ -9,6 +9,8 @@
  */
 #include "pc_policy.h"
 
+#include "pc_text.h"
+
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -487,43 +489,6 @@ static int read_uint(ctx *c, const cJSON *v, double min, double max, uint64_t *o
     return 0;
 }
 
-static bool utf8_text_ok(const char *s)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    while (*p) {
-        unsigned char ch = *p;
-        size_t n;
-        uint32_t cp;
-        if (ch < 0x20 || ch == 0x7f)
-            return false;
-        if (ch < 0x80) {
-            p++;
-            continue;
-        } else if ((ch & 0xe0) == 0xc0) {
-            n = 1;
-            cp = ch & 0x1f;
-        } else if ((ch & 0xf0) == 0xe0) {
-            n = 2;
-            cp = ch & 0x0f;
-        } else if ((ch & 0xf8) == 0xf0) {
-            n = 3;
-            cp = ch & 0x07;
-        } else {
-            return false;
-        }
-        for (size_t i = 1; i <= n; i++) {
-            if ((p[i] & 0xc0) != 0x80)
-                return false;
-            cp = (cp << 6) | (p[i] & 0x3f);
-        }
-        if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) ||
-            cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return false;
-        p += n + 1;
-    }
-    return true;
-}
-
 /* Free text (descriptions, sources): UTF-8 without control characters.
  * Copied into the policy when out is not NULL. */
 static int read_text(ctx *c, const cJSON *v, size_t maxlen, const char **out)
@@ -533,7 +498,7 @@ static int read_text(ctx *c, const cJSON *v, size_t maxlen, const char **out)
     size_t n = strlen(v->valuestring);
     if (n > maxlen)
         return fail(c, "is %zu bytes, more than %zu", n, maxlen);
-    if (!utf8_text_ok(v->valuestring))
+    if (!pc_text_ok(v->valuestring))
         return fail(c, "must be UTF-8 text without control characters");
     if (!out)
         return 0;

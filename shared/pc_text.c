@@ -1,0 +1,42 @@
+/* pc_text.c - checks on text from outside (pc_text.h). */
+#include "pc_text.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+bool pc_text_ok(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        unsigned char ch = *p;
+        size_t n;
+        uint32_t cp;
+        if (ch < 0x20 || ch == 0x7f)
+            return false;
+        if (ch < 0x80) {
+            p++;
+            continue;
+        } else if ((ch & 0xe0) == 0xc0) {
+            n = 1;
+            cp = ch & 0x1f;
+        } else if ((ch & 0xf0) == 0xe0) {
+            n = 2;
+            cp = ch & 0x0f;
+        } else if ((ch & 0xf8) == 0xf0) {
+            n = 3;
+            cp = ch & 0x07;
+        } else {
+            return false;
+        }
+        for (size_t i = 1; i <= n; i++) {
+            if ((p[i] & 0xc0) != 0x80)
+                return false;
+            cp = (cp << 6) | (p[i] & 0x3f);
+        }
+        if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) ||
+            cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return false;
+        p += n + 1;
+    }
+    return true;
+}

@@ -1,0 +1,12 @@
+/* pc_text.h - checks on text that comes from outside (policy files, REST
+ * bodies, names stored in the controller). */
+#ifndef PORTCULLIS_PC_TEXT_H
+#define PORTCULLIS_PC_TEXT_H
+
+#include <stdbool.h>
+
+/* Whether s is valid UTF-8 (shortest forms, no surrogates, at most U+10FFFF)
+ * without control characters (C0 and DEL). */
+bool pc_text_ok(const char *s);
+
+#endif
