@@ -21,6 +21,7 @@
  * then parsed by pc_policy_parse before it is handed out.
  */
 #include "compiler.h"
+#include "pc_text.h"
 
 #include "pc_cidr.h"
 #include "pc_policy.h"
@@ -2052,17 +2053,6 @@ done:
 
 /* --- diff ----------------------------------------------------------------- */
 
-static bool is_ident(const char *k)
-{
-    if (!((k[0] >= 'a' && k[0] <= 'z') || (k[0] >= 'A' && k[0] <= 'Z') || k[0] == '_'))
-        return false;
-    for (const char *s = k + 1; *s; s++)
-        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
-              *s == '_'))
-            return false;
-    return true;
-}
-
 /* A JSONPath string literal body: quotes and backslashes escaped. */
 static void path_lit(sbuf *b, const char *s)
 {
@@ -2077,7 +2067,7 @@ static void path_lit(sbuf *b, const char *s)
 static char *path_key(const char *base, const char *key)
 {
     sbuf b = {0};
-    if (is_ident(key)) {
+    if (pc_text_is_ident(key)) {
         sb_printf(&b, "%s.%s", base, key);
     } else {
         sb_printf(&b, "%s['", base);

@@ -302,17 +302,6 @@ static const char *q(char *buf, size_t buflen, const char *s)
     return buf;
 }
 
-static bool is_ident(const char *k)
-{
-    if (!((k[0] >= 'a' && k[0] <= 'z') || (k[0] >= 'A' && k[0] <= 'Z') || k[0] == '_'))
-        return false;
-    for (const char *s = k + 1; *s; s++)
-        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
-              *s == '_'))
-            return false;
-    return true;
-}
-
 /* Appends to the path; returns the length to restore with path_pop. A path
  * that would not fit is cut (the message stays correct up to the cut). */
 static size_t path_append(ctx *c, const char *s)
@@ -331,7 +320,7 @@ static size_t path_append(ctx *c, const char *s)
 static size_t path_key(ctx *c, const char *key)
 {
     char buf[200];
-    if (is_ident(key) && strlen(key) < 100) {
+    if (pc_text_is_ident(key) && strlen(key) < 100) {
         snprintf(buf, sizeof(buf), ".%s", key);
     } else {
         char qb[120];

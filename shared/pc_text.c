@@ -40,3 +40,14 @@ bool pc_text_ok(const char *s)
     }
     return true;
 }
+
+bool pc_text_is_ident(const char *k)
+{
+    if (!((k[0] >= 'a' && k[0] <= 'z') || (k[0] >= 'A' && k[0] <= 'Z') || k[0] == '_'))
+        return false;
+    for (const char *s = k + 1; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              *s == '_'))
+            return false;
+    return true;
+}

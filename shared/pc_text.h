@@ -9,4 +9,8 @@
  * without control characters (C0 and DEL). */
 bool pc_text_ok(const char *s);
 
+/* Whether k is an identifier ([A-Za-z_][A-Za-z0-9_]*), which a JSONPath can
+ * name as .k rather than ['k']. */
+bool pc_text_is_ident(const char *k);
+
 #endif
