@@ -640,11 +640,20 @@ static bool url_id(req *r, int64_t *id, enum MHD_Result *sent)
     return false;
 }
 
+/* A page of objects: ?cursor=<next_cursor of the page before>&limit=N
+ * (default 100, at most 1000). */
 static enum MHD_Result h_obj_list(req *r)
 {
-    cJSON *items = NULL;
-    int rc = store_object_list(r->a->st, (store_kind)r->rt->arg, &items);
-    return rc == STORE_OK ? send_items(r, items) : send_store_error(r, rc);
+    static const char *const params[] = {"cursor", "limit", NULL};
+    enum MHD_Result sent = MHD_NO;
+    int64_t after = 0, limit = 0;
+    cJSON *o = NULL;
+    if (!query_known(r, params, &sent) || !query_parse(r, "cursor", Q_ID, &after, NULL, &sent) ||
+        !query_parse(r, "limit", Q_LIMIT, &limit, NULL, &sent))
+        return sent;
+    int rc = store_object_page(r->a->st, (store_kind)r->rt->arg, after,
+                               limit ? (unsigned)limit : 100, &o);
+    return rc == STORE_OK ? send_json(r, MHD_HTTP_OK, o, NULL, NULL) : send_store_error(r, rc);
 }
 
 static enum MHD_Result h_obj_get(req *r)

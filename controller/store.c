@@ -984,12 +984,16 @@ static const otype *kind_type(store *s, store_kind k)
 
 /* Objects of type t (api: as the API shows them, else the policy fields)
  * matching where (?1 = arg), or all when where is "". */
-static int obj_query(store *s, const otype *t, bool api, const char *where, int64_t arg,
-                     cJSON **out)
+/* Rows of t matching where (with ?1 = arg), in t's order, at most limit of
+ * them when limit > 0. */
+static int obj_query_n(store *s, const otype *t, bool api, const char *where, int64_t arg,
+                       unsigned limit, cJSON **out)
 {
-    char sql[1024];
+    char sql[1024], lim[32] = "";
     bool p = !api && t->pselect;
-    snprintf(sql, sizeof(sql), "%s%s%s", p ? t->pselect : t->select, where, t->order);
+    if (limit)
+        snprintf(lim, sizeof(lim), " LIMIT %u", limit);
+    snprintf(sql, sizeof(sql), "%s%s%s%s", p ? t->pselect : t->select, where, t->order, lim);
     cJSON *arr = cJSON_CreateArray();
     if (!arr)
         return oom(s);
@@ -1001,6 +1005,12 @@ static int obj_query(store *s, const otype *t, bool api, const char *where, int6
     }
     *out = arr;
     return rc;
+}
+
+static int obj_query(store *s, const otype *t, bool api, const char *where, int64_t arg,
+                     cJSON **out)
+{
+    return obj_query_n(s, t, api, where, arg, 0, out);
 }
 
 /* One object by id; STORE_ENOTFOUND when there is none. */
@@ -2098,6 +2108,24 @@ int store_object_list(store *s, store_kind k, cJSON **out)
     if (!(t = kind_type(s, k)))
         return STORE_EINVALID;
     return obj_query(s, t, true, "", 0, out);
+}
+
+static int page_wrap(store *s, cJSON *rows, const char *key, unsigned limit, const char *time_key,
+                     cJSON **out);
+
+int store_object_page(store *s, store_kind k, int64_t after, unsigned limit, cJSON **out)
+{
+    const otype *t;
+    cJSON *rows = NULL;
+    clear_error(s);
+    *out = NULL;
+    if (!(t = kind_type(s, k)))
+        return STORE_EINVALID;
+    if (limit < 1 || limit > 1000)
+        return fail(s, STORE_EINVALID, "limit", "limit must be 1 to 1000");
+    /* One row more than asked tells whether there is a next page. */
+    int rc = obj_query_n(s, t, true, " WHERE id > ?1", after, limit + 1, &rows);
+    return rc == STORE_OK ? page_wrap(s, rows, "items", limit, NULL, out) : rc;
 }
 
 int store_object_get(store *s, store_kind k, int64_t id, cJSON **out)

@@ -102,6 +102,10 @@ const char *store_kind_name(store_kind k);
 
 /* All objects of a kind as a JSON array ordered by id; *out is the caller's. */
 int store_object_list(store *s, store_kind k, cJSON **out) STORE_WUR;
+/* One page of a kind's objects ordered by id: those with id > after, at most
+ * limit (1..1000): {"items": [...], "next_cursor": "<last id>" or null};
+ * *out is the caller's. */
+int store_object_page(store *s, store_kind k, int64_t after, unsigned limit, cJSON **out) STORE_WUR;
 /* One object; *out is the caller's. STORE_ENOTFOUND when there is none. */
 int store_object_get(store *s, store_kind k, int64_t id, cJSON **out) STORE_WUR;
 /* Creates an object from in; makes a new revision and an audit row. *out

@@ -414,6 +414,31 @@ class TestPolicyObjects(ControllerTest):
                                              "lan_prefixes": ["10.1.0.0/16"]})
         return region, office, oh
 
+    def test_lists_are_paged(self):
+        """Object lists come in pages by id with a cursor; every object once."""
+        region, office, _ = self.setup_office()
+        made = [self.create("nodes", {"name": "gw-%03d" % i, "office_id": office["id"]})[0]["id"]
+                for i in range(7)]
+        seen, cursor, pages = [], None, 0
+        while True:
+            st, _, page = self.c.request("GET", "/api/v1/nodes?limit=3" + ("&cursor=%s" % cursor if cursor else ""),
+                                         token=self.admin)
+            self.assertEqual(st, 200, page)
+            self.assertLessEqual(len(page["items"]), 3)
+            seen += [n["id"] for n in page["items"]]
+            pages += 1
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        self.assertEqual((seen, pages), (made, 3))
+        st, _, page = self.c.request("GET", "/api/v1/nodes", token=self.admin)
+        self.assertEqual(([n["id"] for n in page["items"]], page["next_cursor"]), (made, None))
+        for qs, field in (("?limit=0", "limit"), ("?limit=1001", "limit"), ("?cursor=x", "cursor"),
+                          ("?colour=red", "colour")):
+            with self.subTest(qs=qs):
+                st, _, err = self.c.request("GET", "/api/v1/nodes" + qs, token=self.admin)
+                self.assertEqual((st, err["error"]["field"]), (422, field), err)
+
     def test_crud_every_kind(self):
         """Create, read, PATCH, PUT and DELETE each kind, with ETags; every
         change is one revision with the token's user as author."""
