@@ -19,6 +19,7 @@
 #include <inttypes.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -40,12 +41,23 @@ extern const size_t api_openapi_json_len;
  * bodies anyway. */
 #define API_DEPTH_MAX 32
 
+/* Threads serving requests (libmicrohttpd's pool); each has its own store
+ * handle, since a store handle is used by one thread at a time. */
+#define API_THREADS 2
+
 struct api {
-    store *st; /* used only from MHD's one polling thread after api_start */
+    store *st; /* the opening thread's: first start, before api_start */
+    char *db_path;
     struct MHD_Daemon *mhd;
     size_t body_max;
     uint16_t port;
+    pthread_mutex_t lock; /* guards stores */
+    store *stores[API_THREADS + 2];
+    size_t nstores;
 };
+
+/* The serving thread's own store handle, opened on its first request. */
+static __thread store *t_store;
 
 typedef struct route route;
 
@@ -53,6 +65,7 @@ typedef struct route route;
  * completion callback. */
 typedef struct req {
     api *a;
+    store *st; /* this thread's store handle */
     struct MHD_Connection *c;
     const char *method; /* "HEAD" is served as "GET" */
     const char *url;
@@ -362,7 +375,7 @@ static bool string_field(req *r, const cJSON *obj, const char *name, bool requir
  * field. */
 static enum MHD_Result send_store_error(req *r, int rc)
 {
-    const char *msg = store_error_message(r->a->st), *f = store_error_field(r->a->st);
+    const char *msg = store_error_message(r->st), *f = store_error_field(r->st);
     const char *field = f && *f ? f : NULL;
     switch (rc) {
     case STORE_ENOTFOUND: return send_error(r, MHD_HTTP_NOT_FOUND, "not_found", field, "%s", msg);
@@ -583,7 +596,7 @@ static bool query_parse(req *r, const char *name, qkind k, int64_t *i64, const c
 static enum MHD_Result h_health(req *r)
 {
     int64_t rev = 0;
-    bool db_ok = store_revision_current(r->a->st, &rev) == STORE_OK;
+    bool db_ok = store_revision_current(r->st, &rev) == STORE_OK;
     cJSON *o = cJSON_CreateObject();
     if (!o || !cJSON_AddStringToObject(o, "status", db_ok ? "ok" : "degraded") ||
         !cJSON_AddStringToObject(o, "db", db_ok ? "ok" : "error") ||
@@ -651,8 +664,8 @@ static enum MHD_Result h_obj_list(req *r)
     if (!query_known(r, params, &sent) || !query_parse(r, "cursor", Q_ID, &after, NULL, &sent) ||
         !query_parse(r, "limit", Q_LIMIT, &limit, NULL, &sent))
         return sent;
-    int rc = store_object_page(r->a->st, (store_kind)r->rt->arg, after,
-                               limit ? (unsigned)limit : 100, &o);
+    int rc =
+        store_object_page(r->st, (store_kind)r->rt->arg, after, limit ? (unsigned)limit : 100, &o);
     return rc == STORE_OK ? send_json(r, MHD_HTTP_OK, o, NULL, NULL) : send_store_error(r, rc);
 }
 
@@ -664,7 +677,7 @@ static enum MHD_Result h_obj_get(req *r)
     char etag[32];
     if (!url_id(r, &id, &sent))
         return sent;
-    int rc = store_object_get(r->a->st, (store_kind)r->rt->arg, id, &o);
+    int rc = store_object_get(r->st, (store_kind)r->rt->arg, id, &o);
     if (rc != STORE_OK)
         return send_store_error(r, rc);
     etag_of(o, etag);
@@ -678,7 +691,7 @@ static enum MHD_Result h_obj_create(req *r)
     char loc[96], etag[32];
     if (!b)
         return sent;
-    int rc = store_object_create(r->a->st, (store_kind)r->rt->arg, b, r->who.user, &o);
+    int rc = store_object_create(r->st, (store_kind)r->rt->arg, b, r->who.user, &o);
     cJSON_Delete(b);
     if (rc != STORE_OK)
         return send_store_error(r, rc);
@@ -705,7 +718,7 @@ static enum MHD_Result obj_write(req *r, bool partial)
      * state of the object. */
     if (!(b = body_object(r, &sent)) || !url_id(r, &id, &sent))
         goto out;
-    if ((rc = store_object_get(r->a->st, k, id, &cur)) != STORE_OK) {
+    if ((rc = store_object_get(r->st, k, id, &cur)) != STORE_OK) {
         sent = send_store_error(r, rc);
         goto out;
     }
@@ -725,7 +738,7 @@ static enum MHD_Result obj_write(req *r, bool partial)
             }
         }
     }
-    rc = store_object_update(r->a->st, k, id, partial ? cur : b, etag_num(cur), r->who.user, &o);
+    rc = store_object_update(r->st, k, id, partial ? cur : b, etag_num(cur), r->who.user, &o);
     if (rc != STORE_OK) {
         sent = send_store_error(r, rc);
         goto out;
@@ -757,10 +770,10 @@ static enum MHD_Result h_obj_delete(req *r)
     int rc;
     if (!url_id(r, &id, &sent))
         return sent;
-    if ((rc = store_object_get(r->a->st, k, id, &cur)) != STORE_OK)
+    if ((rc = store_object_get(r->st, k, id, &cur)) != STORE_OK)
         return send_store_error(r, rc);
     if (precondition(r, cur, &sent)) {
-        rc = store_object_delete(r->a->st, k, id, etag_num(cur), r->who.user);
+        rc = store_object_delete(r->st, k, id, etag_num(cur), r->who.user);
         sent = rc == STORE_OK ? send_no_content(r) : send_store_error(r, rc);
     }
     cJSON_Delete(cur);
@@ -772,7 +785,7 @@ static enum MHD_Result h_obj_delete(req *r)
 static enum MHD_Result h_settings_list(req *r)
 {
     cJSON *items = NULL;
-    int rc = store_settings_list(r->a->st, &items);
+    int rc = store_settings_list(r->st, &items);
     return rc == STORE_OK ? send_items(r, items) : send_store_error(r, rc);
 }
 
@@ -797,7 +810,7 @@ static enum MHD_Result h_settings_get(req *r)
     char etag[32];
     if (!settings_scope(r, &scope, &id, &sent))
         return sent;
-    int rc = store_settings_get(r->a->st, scope, id, &o);
+    int rc = store_settings_get(r->st, scope, id, &o);
     if (rc != STORE_OK)
         return send_store_error(r, rc);
     etag_of(o, etag);
@@ -814,13 +827,13 @@ static enum MHD_Result h_settings_put(req *r)
     int rc;
     if (!(b = body_object(r, &sent)) || !settings_scope(r, &scope, &id, &sent))
         goto out;
-    if ((rc = store_settings_get(r->a->st, scope, id, &cur)) != STORE_OK) {
+    if ((rc = store_settings_get(r->st, scope, id, &cur)) != STORE_OK) {
         sent = send_store_error(r, rc);
         goto out;
     }
     if (!precondition(r, cur, &sent))
         goto out;
-    rc = store_settings_put(r->a->st, scope, id, b, etag_num(cur), r->who.user, &o);
+    rc = store_settings_put(r->st, scope, id, b, etag_num(cur), r->who.user, &o);
     if (rc != STORE_OK) {
         sent = send_store_error(r, rc);
         goto out;
@@ -844,7 +857,7 @@ static enum MHD_Result h_revisions_list(req *r)
     if (!query_known(r, params, &sent) || !query_parse(r, "before", Q_ID, &before, NULL, &sent) ||
         !query_parse(r, "limit", Q_LIMIT, &limit, NULL, &sent))
         return sent;
-    int rc = store_revision_list(r->a->st, before, (unsigned)limit, &items);
+    int rc = store_revision_list(r->st, before, (unsigned)limit, &items);
     return rc == STORE_OK ? send_items(r, items) : send_store_error(r, rc);
 }
 
@@ -854,7 +867,7 @@ static enum MHD_Result h_revision_get(req *r)
     cJSON *o = NULL;
     if (!parse_id(r->idseg, &id))
         return send_error(r, MHD_HTTP_NOT_FOUND, "not_found", NULL, "no revision '%s'", r->idseg);
-    int rc = store_revision_get(r->a->st, id, &o);
+    int rc = store_revision_get(r->st, id, &o);
     return rc == STORE_OK ? send_json(r, MHD_HTTP_OK, o, NULL, NULL) : send_store_error(r, rc);
 }
 
@@ -871,9 +884,9 @@ static enum MHD_Result h_revisions_diff(req *r)
     if (!from)
         return send_error(r, MHD_HTTP_UNPROCESSABLE_CONTENT, "missing_field", "from",
                           "query parameter 'from' is required");
-    if (!to && (rc = store_revision_current(r->a->st, &to)) != STORE_OK)
+    if (!to && (rc = store_revision_current(r->st, &to)) != STORE_OK)
         return send_store_error(r, rc);
-    rc = store_revision_diff(r->a->st, from, to, &o);
+    rc = store_revision_diff(r->st, from, to, &o);
     return rc == STORE_OK ? send_json(r, MHD_HTTP_OK, o, NULL, NULL) : send_store_error(r, rc);
 }
 
@@ -898,7 +911,7 @@ static enum MHD_Result h_revision_rollback(req *r)
         return sent;
     if (!parse_id(r->idseg, &id))
         return send_error(r, MHD_HTTP_NOT_FOUND, "not_found", NULL, "no revision '%s'", r->idseg);
-    int rc = store_rollback(r->a->st, id, r->who.user, &rev);
+    int rc = store_rollback(r->st, id, r->who.user, &rev);
     if (rc != STORE_OK)
         return send_store_error(r, rc);
     cJSON *o = cJSON_CreateObject();
@@ -931,7 +944,7 @@ static enum MHD_Result h_audit(req *r)
         !query_parse(r, "limit", Q_LIMIT, &limit, NULL, &sent))
         return sent;
     q.limit = (unsigned)limit;
-    int rc = store_audit_list(r->a->st, &q, &o);
+    int rc = store_audit_list(r->st, &q, &o);
     return rc == STORE_OK ? send_json(r, MHD_HTTP_OK, o, NULL, NULL) : send_store_error(r, rc);
 }
 
@@ -959,7 +972,7 @@ static enum MHD_Result h_events(req *r)
         return send_error(r, MHD_HTTP_UNPROCESSABLE_CONTENT, "invalid", "type",
                           "query parameter 'type' must be block, exception or allow");
     q.limit = (unsigned)limit;
-    int rc = store_events_query(r->a->st, &q, &o);
+    int rc = store_events_query(r->st, &q, &o);
     return rc == STORE_OK ? send_json(r, MHD_HTTP_OK, o, NULL, NULL) : send_store_error(r, rc);
 }
 
@@ -970,7 +983,7 @@ static enum MHD_Result h_events(req *r)
 static bool load_for_office(req *r, int64_t id, model *m, const char *field, enum MHD_Result *sent)
 {
     cJSON *office = NULL;
-    int rc = store_object_get(r->a->st, STORE_OFFICE, id, &office);
+    int rc = store_object_get(r->st, STORE_OFFICE, id, &office);
     cJSON_Delete(office);
     if (rc == STORE_ENOTFOUND && field) {
         *sent = send_error(r, MHD_HTTP_UNPROCESSABLE_CONTENT, "invalid", field,
@@ -978,7 +991,7 @@ static bool load_for_office(req *r, int64_t id, model *m, const char *field, enu
         return false;
     }
     if (rc == STORE_OK)
-        rc = store_model_load(r->a->st, 0, m);
+        rc = store_model_load(r->st, 0, m);
     if (rc != STORE_OK) {
         *sent = send_store_error(r, rc);
         return false;
@@ -1139,10 +1152,10 @@ static enum MHD_Result h_dry_run(req *r)
                           "field 'body' must be the object as it would be sent");
         goto out;
     }
-    int rc = store_model_load(r->a->st, 0, &before);
+    int rc = store_model_load(r->st, 0, &before);
     have_before = rc == STORE_OK;
     if (rc == STORE_OK)
-        rc = store_dry_run(r->a->st, dry_apply, &d, &after);
+        rc = store_dry_run(r->st, dry_apply, &d, &after);
     have_after = have_before && rc == STORE_OK;
     if (rc != STORE_OK) {
         sent = send_store_error(r, rc);
@@ -1170,7 +1183,7 @@ out:
 static enum MHD_Result h_users_list(req *r)
 {
     cJSON *items = NULL;
-    int rc = store_user_list(r->a->st, &items);
+    int rc = store_user_list(r->st, &items);
     return rc == STORE_OK ? send_items(r, items) : send_store_error(r, rc);
 }
 
@@ -1181,7 +1194,7 @@ static enum MHD_Result h_users_create(req *r)
     char loc[64];
     if (!b)
         return sent;
-    int rc = store_user_create(r->a->st, b, r->who.user, &o);
+    int rc = store_user_create(r->st, b, r->who.user, &o);
     cJSON_Delete(b);
     if (rc != STORE_OK)
         return send_store_error(r, rc);
@@ -1197,7 +1210,7 @@ static enum MHD_Result h_user_get(req *r)
     cJSON *o = NULL;
     if (!parse_id(r->idseg, &id))
         return send_error(r, MHD_HTTP_NOT_FOUND, "not_found", NULL, "no user '%s'", r->idseg);
-    int rc = store_user_get(r->a->st, id, &o);
+    int rc = store_user_get(r->st, id, &o);
     return rc == STORE_OK ? send_json(r, MHD_HTTP_OK, o, NULL, NULL) : send_store_error(r, rc);
 }
 
@@ -1206,14 +1219,14 @@ static enum MHD_Result h_user_delete(req *r)
     int64_t id;
     if (!parse_id(r->idseg, &id))
         return send_error(r, MHD_HTTP_NOT_FOUND, "not_found", NULL, "no user '%s'", r->idseg);
-    int rc = store_user_delete(r->a->st, id, r->who.user);
+    int rc = store_user_delete(r->st, id, r->who.user);
     return rc == STORE_OK ? send_no_content(r) : send_store_error(r, rc);
 }
 
 static enum MHD_Result h_tokens_list(req *r)
 {
     cJSON *items = NULL;
-    int rc = store_token_list(r->a->st, &items);
+    int rc = store_token_list(r->st, &items);
     return rc == STORE_OK ? send_items(r, items) : send_store_error(r, rc);
 }
 
@@ -1240,15 +1253,15 @@ static enum MHD_Result h_tokens_create(req *r)
                           "role must be 'admin', 'operator' or 'viewer'");
         goto out;
     }
-    rc = store_user_find(r->a->st, user ? user : API_ADMIN_USER, &uid);
+    rc = store_user_find(r->st, user ? user : API_ADMIN_USER, &uid);
     if (rc == STORE_ENOTFOUND) {
         sent = send_error(r, MHD_HTTP_UNPROCESSABLE_CONTENT, "invalid", "user",
                           "there is no user '%s'", user ? user : API_ADMIN_USER);
         goto out;
     }
     if (rc == STORE_OK)
-        rc = store_token_create(r->a->st, uid, store_role_from_name(role), label, r->who.user,
-                                &token, &o);
+        rc = store_token_create(r->st, uid, store_role_from_name(role), label, r->who.user, &token,
+                                &o);
     if (rc != STORE_OK) {
         sent = send_store_error(r, rc);
         goto out;
@@ -1284,7 +1297,7 @@ static enum MHD_Result h_token_get(req *r)
     cJSON *items = NULL, *found = NULL;
     if (!parse_id(r->idseg, &id))
         return send_error(r, MHD_HTTP_NOT_FOUND, "not_found", NULL, "no token '%s'", r->idseg);
-    int rc = store_token_list(r->a->st, &items);
+    int rc = store_token_list(r->st, &items);
     if (rc != STORE_OK)
         return send_store_error(r, rc);
     const cJSON *it;
@@ -1310,7 +1323,7 @@ static enum MHD_Result h_token_delete(req *r)
     int64_t id;
     if (!parse_id(r->idseg, &id))
         return send_error(r, MHD_HTTP_NOT_FOUND, "not_found", NULL, "no token '%s'", r->idseg);
-    int rc = store_token_revoke(r->a->st, id, r->who.user);
+    int rc = store_token_revoke(r->st, id, r->who.user);
     return rc == STORE_OK ? send_no_content(r) : send_store_error(r, rc);
 }
 
@@ -1426,7 +1439,7 @@ static enum MHD_Result authenticate(req *r, const route *rt)
         tok++;
     if (strlen(tok) > 256)
         return send_error(r, MHD_HTTP_UNAUTHORIZED, "unauthorized", NULL, "unknown token");
-    int rc = store_token_verify(r->a->st, tok, &r->who);
+    int rc = store_token_verify(r->st, tok, &r->who);
     if (rc == STORE_ENOTFOUND || (rc == STORE_OK && r->who.role == STORE_ROLE_NONE)) {
         memset(&r->who, 0, sizeof(r->who));
         return send_error(r, MHD_HTTP_UNAUTHORIZED, "unauthorized", NULL, "unknown token");
@@ -1490,6 +1503,26 @@ static enum MHD_Result dispatch(req *r)
     return rt->fn(r);
 }
 
+/* This thread's store handle, opened on first use and closed by api_free;
+ * NULL when it cannot be opened (the request then gets 503). */
+static store *thread_store(api *a)
+{
+    if (t_store)
+        return t_store;
+    char err[256];
+    store *st = NULL;
+    pthread_mutex_lock(&a->lock);
+    if (a->nstores < sizeof(a->stores) / sizeof(a->stores[0]) &&
+        store_open(a->db_path, &st, err, sizeof(err)) == STORE_OK)
+        a->stores[a->nstores++] = st;
+    else if (st)
+        store_close(st), st = NULL;
+    pthread_mutex_unlock(&a->lock);
+    if (!st)
+        fprintf(stderr, "portcullis-controller: a serving thread cannot open the database\n");
+    return t_store = st;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_size, void **con_cls)
@@ -1503,6 +1536,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *con_cls = r;
         r->a = a;
         r->c = c;
+        r->st = thread_store(a);
+        if (!r->st) {
+            r->responded = true;
+            return send_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "busy", NULL,
+                              "the database cannot be opened; try again");
+        }
         r->url = url;
         r->method = strcmp(method, "HEAD") == 0 ? "GET" : method;
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
@@ -1641,10 +1680,17 @@ int api_open(const char *db_path, api **out, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    if (store_open(db_path, &a->st, err, errlen) != STORE_OK) {
+    if (!(a->db_path = strdup(db_path))) {
+        snprintf(err, errlen, "out of memory");
         free(a);
         return -1;
     }
+    if (store_open(db_path, &a->st, err, errlen) != STORE_OK) {
+        free(a->db_path);
+        free(a);
+        return -1;
+    }
+    pthread_mutex_init(&a->lock, NULL);
     *out = a;
     return 0;
 }
@@ -1691,7 +1737,7 @@ int api_start(api *a, const api_options *o, char *err, size_t errlen)
         "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2", MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)(o->connection_limit ? o->connection_limit : API_CONNECTION_LIMIT),
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30, MHD_OPTION_NOTIFY_COMPLETED, on_completed, a,
-        MHD_OPTION_END);
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)API_THREADS, MHD_OPTION_END);
     if (!a->mhd) {
         snprintf(err, errlen, "cannot serve HTTPS on %s (address in use, or a bad certificate)",
                  o->listen);
@@ -1712,7 +1758,11 @@ void api_free(api *a)
     if (!a)
         return;
     if (a->mhd)
-        MHD_stop_daemon(a->mhd);
+        MHD_stop_daemon(a->mhd); /* joins the serving threads */
+    for (size_t i = 0; i < a->nstores; i++)
+        store_close(a->stores[i]);
     store_close(a->st);
+    pthread_mutex_destroy(&a->lock);
+    free(a->db_path);
     free(a);
 }

@@ -33,8 +33,18 @@
 #define TOKEN_USE_GRANULARITY_MS 60000
 #define N(a) (sizeof(a) / sizeof((a)[0]))
 
+#define STMT_CACHE 48
+
 struct store {
     sqlite3 *db;
+    /* Prepared statements kept for reuse, by their SQL text: the same few
+     * queries run on every request, and preparing them was a tenth of a
+     * request's time. */
+    struct stmt_slot {
+        char *sql;
+        sqlite3_stmt *st;
+        bool busy;
+    } cache[STMT_CACHE];
     bool created;
     model *dry; /* set during store_dry_run: fill it and roll back */
     char msg[512];
@@ -136,10 +146,48 @@ int store_schema_version(void)
 
 /* --- statements ----------------------------------------------------------- */
 
+/* A statement for sql: a cached one when sql ran before and is not in use
+ * (nested use prepares another); release it with unprep. */
 static int prep(store *s, const char *sql, sqlite3_stmt **st)
 {
-    int rc = sqlite3_prepare_v2(s->db, sql, -1, st, NULL);
-    return rc == SQLITE_OK ? STORE_OK : db_fail(s, rc, "preparing a statement");
+    struct stmt_slot *free_slot = NULL;
+    for (size_t i = 0; i < STMT_CACHE; i++) {
+        struct stmt_slot *c = &s->cache[i];
+        if (!c->sql) {
+            if (!free_slot)
+                free_slot = c;
+        } else if (!c->busy && strcmp(c->sql, sql) == 0) {
+            c->busy = true;
+            *st = c->st;
+            return STORE_OK;
+        }
+    }
+    int rc =
+        sqlite3_prepare_v3(s->db, sql, -1, free_slot ? SQLITE_PREPARE_PERSISTENT : 0, st, NULL);
+    if (rc != SQLITE_OK)
+        return db_fail(s, rc, "preparing a statement");
+    if (free_slot && (free_slot->sql = strdup(sql))) {
+        free_slot->st = *st;
+        free_slot->busy = true;
+    }
+    return STORE_OK;
+}
+
+/* Gives a statement from prep back: a cached one is reset for its next use,
+ * any other finalized. */
+static void unprep(store *s, sqlite3_stmt *st)
+{
+    if (!st)
+        return;
+    for (size_t i = 0; i < STMT_CACHE; i++) {
+        if (s->cache[i].st == st && s->cache[i].busy) {
+            sqlite3_reset(st);
+            sqlite3_clear_bindings(st);
+            s->cache[i].busy = false;
+            return;
+        }
+    }
+    sqlite3_finalize(st);
 }
 
 /* Binds values from ?1 on as types says: 'i' int64_t, 'z' int64_t with 0 as
@@ -202,7 +250,7 @@ static int run(store *s, const char *what, const char *sql, const char *types, .
         if (r != SQLITE_DONE && r != SQLITE_ROW)
             rc = db_fail(s, r, what);
     }
-    sqlite3_finalize(st);
+    unprep(s, st);
     return rc;
 }
 
@@ -229,7 +277,7 @@ static int one_int(store *s, bool *found, int64_t *out, const char *sql, const c
             rc = db_fail(s, r, "reading");
         }
     }
-    sqlite3_finalize(st);
+    unprep(s, st);
     return rc;
 }
 
@@ -450,7 +498,7 @@ static int rows_into(store *s, cJSON *arr, const col *cols, size_t ncols, const 
             rc = oom(s);
     if (rc == STORE_OK && r != SQLITE_DONE)
         rc = db_fail(s, r, "reading");
-    sqlite3_finalize(st);
+    unprep(s, st);
     return rc;
 }
 
@@ -1051,7 +1099,7 @@ static int obj_write(store *s, const otype *t, wmode mode, int64_t id, const cJS
         if (r != SQLITE_DONE)
             rc = db_fail(s, r, mode == W_UPDATE ? "updating" : "inserting");
     }
-    sqlite3_finalize(st);
+    unprep(s, st);
     if (rc == STORE_OK && mode == W_UPDATE && sqlite3_changes(s->db) != 1)
         rc = fail(s, STORE_ENOTFOUND, NULL, "there is no such %s", t->name);
     if (rc == STORE_OK && newid)
@@ -1218,7 +1266,7 @@ static int check_group(store *s, int64_t id, const cJSON *in, cJSON **norm)
                 rc = db_fail(s, r, "reading");
             }
         }
-        sqlite3_finalize(st);
+        unprep(s, st);
     }
     if (rc == STORE_OK) {
         o = cJSON_CreateObject();
@@ -1492,7 +1540,7 @@ static int refs_list(store *s, int64_t id, const cJSON *obj)
         } else if (r != SQLITE_DONE)
             rc = db_fail(s, r, "reading");
     }
-    sqlite3_finalize(st);
+    unprep(s, st);
     (void)obj;
     return rc;
 }
@@ -2069,7 +2117,7 @@ static int snapshot_rebuild(store *s, int64_t rev, cJSON **out)
         rc = db_fail(s, r, "reading revisions");
     if (rc == STORE_OK && !snap)
         rc = fail(s, STORE_ERR, NULL, "revision %lld has no checkpoint before it", (long long)rev);
-    sqlite3_finalize(st);
+    unprep(s, st);
     if (rc != STORE_OK) {
         cJSON_Delete(snap);
         return rc;
@@ -2496,7 +2544,7 @@ static int restore(store *s, const cJSON *target, const cJSON *cur, int64_t rev)
             else if (r != SQLITE_DONE)
                 rc = db_fail(s, r, "checking references");
         }
-        sqlite3_finalize(st);
+        unprep(s, st);
     }
     return rc;
 }
@@ -3230,7 +3278,7 @@ int store_token_verify(store *s, const char *token, store_principal *p)
     }
     if (rc == STORE_OK && r != SQLITE_DONE)
         rc = db_fail(s, r, "reading tokens");
-    sqlite3_finalize(st);
+    unprep(s, st);
     explicit_bzero(h, sizeof(h));
     if (rc == STORE_OK && !matched) {
         memset(p, 0, sizeof(*p));
@@ -3550,7 +3598,7 @@ int store_events_insert(store *s, const char *node, const cJSON *batch, size_t *
                 count += (size_t)sqlite3_changes(s->db);
         }
     }
-    sqlite3_finalize(st);
+    unprep(s, st);
     rc = finish(s, rc);
     if (rc == STORE_OK && inserted)
         *inserted = count;
@@ -3602,7 +3650,7 @@ int store_events_query(store *s, const store_event_query *q, cJSON **out)
             rc = oom(s);
     if (rc == STORE_OK && r != SQLITE_DONE)
         rc = db_fail(s, r, "reading events");
-    sqlite3_finalize(st);
+    unprep(s, st);
     if (rc != STORE_OK) {
         cJSON_Delete(rows);
         return rc;
@@ -3803,7 +3851,7 @@ int store__open_with(const char *path, const store_migration *mig, size_t n, sto
                 rc = fail(s, STORE_ERR, NULL, "%s: cannot use WAL mode (journal mode %s)", path,
                           mode ? mode : sqlite3_errmsg(s->db));
         }
-        sqlite3_finalize(st);
+        unprep(s, st);
     }
     /* A change the controller reported as made survives a power cut. */
     if (rc == STORE_OK)
@@ -3842,6 +3890,10 @@ void store_close(store *s)
 {
     if (!s)
         return;
+    for (size_t i = 0; i < STMT_CACHE; i++) {
+        sqlite3_finalize(s->cache[i].st);
+        free(s->cache[i].sql);
+    }
     sqlite3_close_v2(s->db);
     free(s);
 }
