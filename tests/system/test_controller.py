@@ -439,6 +439,47 @@ class TestPolicyObjects(ControllerTest):
                 st, _, err = self.c.request("GET", "/api/v1/nodes" + qs, token=self.admin)
                 self.assertEqual((st, err["error"]["field"]), (422, field), err)
 
+    def test_sql_metacharacters_in_every_string_field(self):
+        """Every string field of every resource takes SQL metacharacters as
+        data: free text round-trips; a field with a grammar (CIDR, domain)
+        refuses them with 422 naming the field; nothing else changes."""
+        region, office, _ = self.setup_office()
+        evil = "x'); DROP TABLE offices; --"
+        tables = sorted(r[0] for r in self.db("SELECT name FROM sqlite_master WHERE type = 'table'"))
+        free_text = [
+            ("offices", {"name": evil, "region_id": region["id"]}, "name"),
+            ("groups", {"name": "g1", "office_id": office["id"], "sources": ["10.1.9.0/24"], "users": [evil]},
+             "users"),
+            ("rules", {"scope": "office", "scope_id": office["id"], "kind": "domain", "value": "ok.example",
+                       "action": "block", "comment": evil}, "comment"),
+            ("tokens", {"role": "viewer", "label": evil}, "label"),
+        ]
+        for coll, obj, field in free_text:
+            with self.subTest(coll=coll, field=field):
+                st, h, body = self.c.request("POST", "/api/v1/" + coll, obj, self.admin)
+                self.assertEqual(st, 201, body)
+                st, _, got = self.c.request("GET", "/api/v1/%s/%d" % (coll, body["id"]), token=self.admin)
+                self.assertEqual((st, got[field]), (200, obj[field]))
+        before = self.revision()
+        grammar = [
+            ("groups", {"name": "g2", "office_id": office["id"], "sources": [evil]}, "sources[0]"),
+            ("groups", {"name": evil, "office_id": office["id"], "sources": ["10.1.8.0/24"]}, "name"),
+            ("rules", {"scope": "office", "scope_id": office["id"], "kind": "domain", "value": evil,
+                       "action": "block"}, "value"),
+            ("offices", {"name": "o2", "region_id": region["id"], "lan_prefixes": [evil]}, "lan_prefixes[0]"),
+            ("lists", {"name": "l2", "list": {"category": "custom", "domains": [evil]}}, "list.domains[0]"),
+            ("nodes", {"name": evil, "office_id": office["id"]}, "name"),
+            ("users", {"name": evil, "role": "viewer"}, "name"),
+        ]
+        for coll, obj, field in grammar:
+            with self.subTest(coll=coll, field=field):
+                st, _, err = self.c.request("POST", "/api/v1/" + coll, obj, self.admin)
+                self.assertEqual(st, 422, err)
+                self.assertTrue(err["error"]["field"].startswith(field.split("[")[0]), err)
+        self.assertEqual(self.revision(), before, "a refused change made a revision")
+        after = sorted(r[0] for r in self.db("SELECT name FROM sqlite_master WHERE type = 'table'"))
+        self.assertEqual(after, tables)
+
     def test_crud_every_kind(self):
         """Create, read, PATCH, PUT and DELETE each kind, with ETags; every
         change is one revision with the token's user as author."""
