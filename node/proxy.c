@@ -968,8 +968,11 @@ static hresult on_tls_server_hello(conn *c, const tls_info *ti)
             return H_CONTINUE;
         return block(c, CLS_S2C, "tls-certificate", reason);
     }
+    if (rc == -EBUSY)
+        return block(c, CLS_S2C, "tls-certificate",
+                     "probe-busy: too many servers are being verified at once");
     if (rc < 0)
-        return block(c, CLS_S2C, "tls-certificate", "probe could not start");
+        return block(c, CLS_S2C, "tls-certificate", "probe-start: the probe could not start");
     return H_WAIT;
 }
 

@@ -40,6 +40,7 @@
 #define PROBE_READ_BUF 16384
 #define PROBE_WRITE_CHUNK 65536
 #define PROBE_GRACE_MS 1000
+#define PROBE_DEFAULT_MAX_RUNNING 256
 #define PROBE_DEFAULT_TIMEOUT_MS 10000
 #define PROBE_MIN_BUCKETS 64
 #define PROBE_MAX_BUCKETS (1u << 20)
@@ -107,6 +108,7 @@ struct tls_probe_cache {
     probe_entry *oldest, *newest;
     size_t nentries;
     probe *live;
+    size_t nrunning; /* probes started and not finished, all loops */
     tls_probe_stats stats;
 };
 
@@ -288,6 +290,7 @@ static void running_remove(probe *p)
     if (p->hnext)
         p->hnext->hpprev = p->hpprev;
     p->hashed = false;
+    p->cache->nrunning--;
 }
 
 static void probe_link(tls_probe_cache *c, probe *p)
@@ -299,6 +302,7 @@ static void probe_link(tls_probe_cache *c, probe *p)
     p->hpprev = head;
     *head = p;
     p->hashed = true;
+    c->nrunning++;
     p->next = c->live;
     if (c->live)
         c->live->pprev = &p->next;
@@ -654,6 +658,8 @@ tls_probe_cache *tls_probe_cache_new(tls_verify_store *store, const tls_probe_co
     c->cfg = *cfg;
     if (c->cfg.timeout_ms == 0)
         c->cfg.timeout_ms = PROBE_DEFAULT_TIMEOUT_MS;
+    if (c->cfg.max_running == 0)
+        c->cfg.max_running = PROBE_DEFAULT_MAX_RUNNING;
     c->nbuckets = PROBE_MIN_BUCKETS;
     while (c->nbuckets < c->cfg.max_entries && c->nbuckets < PROBE_MAX_BUCKETS)
         c->nbuckets <<= 1;
@@ -738,7 +744,14 @@ int tls_probe_check(tls_probe_cache *c, uv_loop_t *loop, const struct sockaddr *
     probe *p = running_find(c, loop, &k, h);
     if (p)
         c->stats.coalesced++;
+    /* A client naming ever new servers must not make the node open a
+     * connection for each: past the bound, no new probe starts. */
+    bool full = !p && c->nrunning >= c->cfg.max_running;
+    if (full)
+        c->stats.refused++;
     pthread_mutex_unlock(&c->mu);
+    if (full)
+        return -EBUSY;
 
     tls_probe_req *rq = calloc(1, sizeof *rq);
     if (!rq)

@@ -35,6 +35,8 @@ typedef struct tls_probe_config {
     unsigned ttl_fail_s; /* how long a failure is remembered */
     unsigned timeout_ms; /* connect + handshake deadline */
     size_t max_entries;  /* oldest entries are evicted past this */
+    size_t max_running;  /* probes running at once, all loops; past it
+                            tls_probe_check returns -EBUSY (0: 256) */
 } tls_probe_config;
 
 /* store is borrowed and must outlive the cache. NULL on allocation failure. */
@@ -96,8 +98,9 @@ typedef struct tls_probe_stats {
      * probes: connections started; failures: probes that ended not ok;
      * coalesced: checks that joined a running probe; evictions: entries
      * dropped for room; entries: results cached now (expired ones included
-     * until looked up or evicted). */
-    uint64_t coalesced, evictions, entries;
+     * until looked up or evicted); refused: checks turned away because
+     * max_running probes were running. */
+    uint64_t coalesced, evictions, entries, refused;
 } tls_probe_stats;
 void tls_probe_cache_stats(tls_probe_cache *c, tls_probe_stats *out);
 

@@ -764,6 +764,43 @@ static void test_coalesce(void)
     env_close(&e);
 }
 
+static void test_max_running(void)
+{
+    tls_probe_config cfg = default_cfg;
+    cfg.max_running = 1;
+    cfg.timeout_ms = 200;
+    env e;
+    if (!env_open(&e, &cfg))
+        return;
+    result r1 = {0}, r2 = {0}, r3 = {0};
+    tls_probe_req *q1, *q2, *q3;
+    /* One probe hangs on the silent server; a second name finds no room
+     * (refused, nothing started), a check that joins the first still may. */
+    struct sockaddr_in sin = addr_port(fx.silent_port);
+    CU_ASSERT_EQUAL(tls_probe_check(e.cache, &e.loop, (const struct sockaddr *)&sin, NAME,
+                                    on_result, &r1, &r1.ok, r1.reason, sizeof r1.reason, &q1),
+                    0);
+    CU_ASSERT_EQUAL(tls_probe_check(e.cache, &e.loop, (const struct sockaddr *)&sin,
+                                    "other.example.test", on_result, &r2, &r2.ok, r2.reason,
+                                    sizeof r2.reason, &q2),
+                    -EBUSY);
+    CU_ASSERT_EQUAL(tls_probe_check(e.cache, &e.loop, (const struct sockaddr *)&sin, NAME,
+                                    on_result, &r3, &r3.ok, r3.reason, sizeof r3.reason, &q3),
+                    0);
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    CU_ASSERT_EQUAL(r1.calls, 1);
+    CU_ASSERT_EQUAL(r2.calls, 0);
+    CU_ASSERT_EQUAL(r3.calls, 1);
+    tls_probe_stats s = stats(&e);
+    CU_ASSERT_EQUAL(s.probes, 1);
+    CU_ASSERT_EQUAL(s.refused, 1);
+    /* Once it finished there is room again. */
+    result r4;
+    CU_ASSERT_EQUAL(check(e.cache, &e.loop, fx.srv[SRV_TLS13].port, NAME, &r4), 0);
+    CU_ASSERT_TRUE(r4.ok);
+    env_close(&e);
+}
+
 static void test_cancel(void)
 {
     env e;
@@ -940,6 +977,7 @@ int unit_register(void)
         {"closed port: probe-connect", test_closed_port},
         {"connect(2) fails at once: probe-connect", test_connect_fails_at_once},
         {"silent server: probe-timeout", test_timeout},
+        {"max running: further probes refused", test_max_running},
         {"not tls / hang-up: probe-handshake", test_not_tls},
         {"bad name or family: rejected", test_bad_input},
         {NULL, NULL},
