@@ -1,194 +1,43 @@
-/* fuzz_rtsp.c - libFuzzer target for the RTSP classifier: the input is a
- * script of chunks for both directions, fed once in the script's chunking
- * (each chunk in pieces the script chooses) and once byte by byte; both runs
- * must keep the classify.h contract and agree on events, verdict and reason.
- * Any breach abort()s.
- *
- * Input: if the first byte is 0xA5, a script follows: per chunk a control
- * byte c (bit 0: direction, bits 1..7: length n; n == 127 takes a second
- * byte b and means 127 + 16 * b), then n data bytes. The piece size of the
- * first run is (c >> 1) % 7 + 1. Otherwise the whole input is one
- * client-to-server stream (so the raw recorded .bin files are seeds too).
- */
+/* fuzz_rtsp.c - libFuzzer target for the RTSP classifier, on the shared
+ * split-and-compare driver (fuzz_split.h); request facts are checked after
+ * every RTSP_EV_REQUEST. */
+#include "fuzz_split.h"
 #include "rtsp_classify.h"
 
-#include <stdbool.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define MAX_EVENTS 4096
-
-typedef struct run {
-    rtsp_classify *r;
-    cls_verdict last;
-    bool dead;
-    char reason[160];
-    int events[MAX_EVENTS];
-    size_t nevents;
-} run;
-
-static void breach(const char *what)
-{
-    fprintf(stderr, "fuzz_rtsp: contract breach: %s\n", what);
-    abort();
-}
+static const fuzz_target target;
 
 static void check_info(const rtsp_request_info *ri)
 {
     if (!ri || !ri->method || !ri->url || !ri->host || !ri->path)
-        breach("request info with NULL strings");
+        fuzz_breach(&target, "request info with NULL strings");
     if (ri->method[0] == '\0' || ri->url[0] == '\0')
-        breach("request without method or URL");
+        fuzz_breach(&target, "request without method or URL");
     for (const char *p = ri->host; *p; p++)
         if (*p >= 'A' && *p <= 'Z')
-            breach("host not lower-cased");
+            fuzz_breach(&target, "host not lower-cased");
     if (ri->version != 10 && ri->version != 20)
-        breach("bad version");
+        fuzz_breach(&target, "bad version");
     if (ri->content_length > RTSP_MAX_BODY)
-        breach("content length past the bound");
+        fuzz_breach(&target, "content length past the bound");
     if (strcmp(ri->url, "*") == 0 ? ri->host[0] != '\0' : ri->host[0] == '\0')
-        breach("host does not match the URL form");
+        fuzz_breach(&target, "host does not match the URL form");
 }
 
-/* Feeds one piece until it is consumed or the stream is dead. */
-static void feed_piece(run *ru, cls_dir dir, const uint8_t *p, size_t n)
+static void check(const void *state, cls_dir dir, cls_verdict v, size_t used, int ev)
 {
-    size_t pos = 0;
-    int idle = 0;
-    do {
-        size_t used = (size_t)-1;
-        /* A fresh copy, so reading past n trips the sanitizer. */
-        uint8_t *copy = malloc(n - pos ? n - pos : 1);
-        if (!copy)
-            abort();
-        memcpy(copy, p + pos, n - pos);
-        cls_verdict v = rtsp_classify_feed(ru->r, dir, copy, n - pos, &used);
-        free(copy);
-        if (used > n - pos)
-            breach("consumed more than given");
-        if (ru->dead) {
-            if (v != CLS_VIOLATES || used != 0)
-                breach("a dead state came back to life");
-            const char *why = rtsp_classify_reason(ru->r);
-            if (!why || strcmp(why, ru->reason) != 0)
-                breach("reason changed after the violation");
-            return;
-        }
-        int ev = rtsp_classify_event(ru->r);
-        ru->last = v;
-        if (v == CLS_VIOLATES) {
-            const char *why = rtsp_classify_reason(ru->r);
-            if (!why || strncmp(why, "rtsp-", 5) != 0)
-                breach("violation without an rtsp- reason");
-            if (ev != CLS_EV_NONE)
-                breach("event with a violation");
-            snprintf(ru->reason, sizeof(ru->reason), "%s", why);
-            ru->dead = true;
-            return;
-        }
-        if (rtsp_classify_reason(ru->r))
-            breach("reason without a violation");
-        if (v == CLS_NEED_MORE && (used != n - pos || ev != CLS_EV_NONE))
-            breach("NEED_MORE left bytes or carried an event");
-        if (v != CLS_NEED_MORE && v != CLS_CONFORMS)
-            breach("unknown verdict");
-        if (ev != CLS_EV_NONE && ev != RTSP_EV_REQUEST && ev != RTSP_EV_MESSAGE_END)
-            breach("unknown event");
-        if (ev == RTSP_EV_REQUEST)
-            check_info(rtsp_classify_request(ru->r));
-        if (ev != CLS_EV_NONE && ru->nevents < MAX_EVENTS)
-            ru->events[ru->nevents++] = ev;
-        if (used == 0 && ev == CLS_EV_NONE && n - pos > 0)
-            breach("CONFORMS consumed nothing without an event");
-        idle = used == 0 ? idle + 1 : 0;
-        if (idle > 2)
-            breach("no progress");
-        pos += used;
-    } while (pos < n);
+    if (ev != CLS_EV_NONE && ev != RTSP_EV_REQUEST && ev != RTSP_EV_MESSAGE_END)
+        fuzz_breach(&target, "unknown event");
+    if (ev == RTSP_EV_REQUEST)
+        check_info(rtsp_classify_request(state));
 }
 
-static void finish(run *ru)
-{
-    for (int d = 0; d < 2; d++) {
-        cls_verdict v = rtsp_classify_finish(ru->r, (cls_dir)d);
-        const char *why = rtsp_classify_reason(ru->r);
-        if (ru->dead) {
-            if (v != CLS_VIOLATES || !why || strcmp(why, ru->reason) != 0)
-                breach("finish changed a dead state");
-            continue;
-        }
-        if (v == CLS_VIOLATES) {
-            if (!why || strncmp(why, "rtsp-truncated", 14) != 0)
-                breach("finish violation is not rtsp-truncated");
-            snprintf(ru->reason, sizeof(ru->reason), "%s", why);
-            ru->dead = true;
-            ru->last = v;
-        } else if (v != CLS_CONFORMS || why) {
-            breach("finish said neither conforms nor violates");
-        }
-    }
-}
-
-static void run_init(run *ru)
-{
-    memset(ru, 0, sizeof(*ru));
-    ru->r = calloc(1, rtsp_classify_size());
-    if (!ru->r)
-        abort();
-    rtsp_classify_init(ru->r);
-    ru->last = CLS_NEED_MORE;
-}
-
-static void run_free(run *ru)
-{
-    rtsp_classify_release(ru->r);
-    free(ru->r);
-}
-
-/* Walks the script; bytewise selects the second run's chunking. */
-static void play(run *ru, const uint8_t *data, size_t size, bool bytewise)
-{
-    if (size == 0 || data[0] != 0xA5) {
-        size_t piece = bytewise || size == 0 ? 1 : size;
-        for (size_t i = 0; i < size && !ru->dead; i += piece)
-            feed_piece(ru, CLS_C2S, data + i, size - i < piece ? size - i : piece);
-        return;
-    }
-    size_t i = 1;
-    while (i < size && !ru->dead) {
-        uint8_t c = data[i++];
-        cls_dir dir = (c & 1) ? CLS_S2C : CLS_C2S;
-        size_t n = c >> 1;
-        if (n == 127 && i < size)
-            n += 16u * data[i++];
-        if (n > size - i)
-            n = size - i;
-        size_t piece = bytewise ? 1 : (size_t)((c >> 1) % 7 + 1);
-        if (n == 0)
-            feed_piece(ru, dir, data + i, 0);
-        for (size_t k = 0; k < n && !ru->dead; k += piece)
-            feed_piece(ru, dir, data + i + k, n - k < piece ? n - k : piece);
-        i += n;
-    }
-}
+static const fuzz_target target = {"fuzz_rtsp", &rtsp_cls_ops, "rtsp-", check};
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    run a, b;
-    run_init(&a);
-    run_init(&b);
-    play(&a, data, size, false);
-    play(&b, data, size, true);
-    finish(&a);
-    finish(&b);
-    if (a.dead != b.dead || (a.dead && strcmp(a.reason, b.reason) != 0))
-        breach("the verdict depends on how the bytes were split");
-    if (a.nevents != b.nevents || memcmp(a.events, b.events, a.nevents * sizeof(int)) != 0)
-        breach("the events depend on how the bytes were split");
-    run_free(&a);
-    run_free(&b);
-    return 0;
+    return fuzz_split_run(&target, data, size);
 }
