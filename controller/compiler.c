@@ -631,26 +631,6 @@ oom:
 static const char *const list_keys[] = {"category", "description", "sources",
                                         "domains",  "prefixes",    "url_suffixes"};
 
-/* Whether a JSON text holds "\u0000" inside a string: cJSON would cut the
- * string there, so "skype.com\u0000x" would read as "skype.com". */
-static bool has_nul_escape(const char *s, size_t len)
-{
-    bool in_str = false;
-    for (size_t i = 0; i < len; i++) {
-        if (!in_str) {
-            if (s[i] == '"')
-                in_str = true;
-        } else if (s[i] == '\\') {
-            if (i + 5 < len && s[i + 1] == 'u' && memcmp(s + i + 2, "0000", 4) == 0)
-                return true;
-            i++;
-        } else if (s[i] == '"') {
-            in_str = false;
-        }
-    }
-    return false;
-}
-
 /* The node's path of a list ("$.lists.skype", "$.lists['my-list']"). */
 static void list_path(const char *name, char *buf, size_t n)
 {
@@ -678,7 +658,7 @@ static cJSON *list_canonical(ctx *c, const model_list *l)
         return NULL;
     }
     size_t len = strlen(l->json);
-    if (has_nul_escape(l->json, len)) {
+    if (pc_text_json_nul_escape(l->json, len) < len) {
         fail(c->err, c->errlen, "list '%s': \\u0000 is not allowed in a string", name);
         return NULL;
     }

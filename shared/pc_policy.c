@@ -1280,27 +1280,6 @@ static void json_error(ctx *c, const char *json, size_t len, size_t off, const c
     fail(c, "invalid JSON at byte %zu (line %zu, column %zu): %s", off, line, col, what);
 }
 
-/* cJSON turns \u0000 into a NUL that silently ends the C string, so
- * "skype.com\u0000x" would read as "skype.com". Refuse it; returns the
- * offset of the first one, or len. */
-static size_t find_nul_escape(const char *s, size_t len)
-{
-    bool in_str = false;
-    for (size_t i = 0; i < len; i++) {
-        if (!in_str) {
-            if (s[i] == '"')
-                in_str = true;
-        } else if (s[i] == '\\') {
-            if (i + 5 < len && s[i + 1] == 'u' && memcmp(s + i + 2, "0000", 4) == 0)
-                return i;
-            i++;
-        } else if (s[i] == '"') {
-            in_str = false;
-        }
-    }
-    return len;
-}
-
 int pc_policy_parse(const char *json, size_t len, pc_policy **out, char *err, size_t errlen)
 {
     ctx c = {.path = "$", .plen = 1, .err = err, .errlen = errlen, .p = NULL};
@@ -1323,7 +1302,7 @@ int pc_policy_parse(const char *json, size_t len, pc_policy **out, char *err, si
         json_error(&c, json, len, (size_t)(nul - json), "NUL byte");
         return -1;
     }
-    size_t esc = find_nul_escape(json, len);
+    size_t esc = pc_text_json_nul_escape(json, len);
     if (esc < len) {
         json_error(&c, json, len, esc, "\\u0000 is not allowed in a string");
         return -1;

@@ -3,6 +3,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 bool pc_text_ok(const char *s)
 {
@@ -50,4 +51,22 @@ bool pc_text_is_ident(const char *k)
               *s == '_'))
             return false;
     return true;
+}
+
+size_t pc_text_json_nul_escape(const char *s, size_t len)
+{
+    bool in_str = false;
+    for (size_t i = 0; i < len; i++) {
+        if (!in_str) {
+            if (s[i] == '"')
+                in_str = true;
+        } else if (s[i] == '\\') {
+            if (i + 5 < len && s[i + 1] == 'u' && memcmp(s + i + 2, "0000", 4) == 0)
+                return i;
+            i++;
+        } else if (s[i] == '"') {
+            in_str = false;
+        }
+    }
+    return len;
 }
