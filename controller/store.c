@@ -955,13 +955,22 @@ static const col node_cols[] = {{"id", C_INT},
                                 {"last_seen", C_TIME},
                                 {"enforced_version", C_INT},
                                 {"pending_version", C_INT},
-                                {"last_error", C_TEXT}};
+                                {"last_error", C_TEXT},
+                                {"connected", C_BOOL},
+                                {"software", C_TEXT},
+                                {"enrolled_at", C_TIME},
+                                {"cert_fingerprint", C_TEXT},
+                                {"events_seq", C_INT},
+                                {"events_dropped", C_INT},
+                                {"stats", C_JSON},
+                                {"stats_at", C_TIME}};
 static const col node_w[] = {{"name", C_TEXT}, {"office_id", C_INT}};
 static const otype ot_node = {
     .name = "node",
     .plural = "nodes",
     .select = "SELECT id, name, office_id, etag, enrollment, last_seen, enforced_version, "
-              "pending_version, last_error FROM nodes",
+              "pending_version, last_error, connected, software, enrolled_at, cert_fingerprint, "
+              "events_seq, events_dropped, stats, stats_at FROM nodes",
     .cols = node_cols,
     .ncols = N(node_cols),
     .pselect = "SELECT id, name, office_id, etag FROM nodes",
@@ -1462,8 +1471,10 @@ static int check_node(store *s, int64_t id, const cJSON *in, cJSON **norm)
 {
     static const char *const keys[] = {"name", "office_id", NULL};
     static const char *const ro[] = {
-        "id",         "etag", "enrollment", "last_seen", "enforced_version", "pending_version",
-        "last_error", NULL};
+        "id",          "etag",           "enrollment",     "last_seen", "enforced_version",
+        "pending_version", "last_error", "connected",      "software",  "enrolled_at",
+        "cert_fingerprint", "events_seq", "events_dropped", "stats",    "stats_at",
+        NULL};
     const char *name = NULL;
     int64_t office = 0;
     int rc = check_keys(s, in, keys, ro);
@@ -3896,4 +3907,759 @@ void store_close(store *s)
     }
     sqlite3_close_v2(s->db);
     free(s);
+}
+
+/* --- enrollment and the link ------------------------------------------------ */
+
+#define ENROLL_TTL_MIN 60
+#define ENROLL_TTL_MAX 604800
+
+static const col enroll_cols[] = {{"id", C_INT},         {"node_id", C_INT},
+                                  {"created_at", C_TIME}, {"expires_at", C_TIME},
+                                  {"used_at", C_TIME},    {"created_by", C_TEXT},
+                                  {"state", C_TEXT}};
+#define ENROLL_SELECT                                                                              \
+    "SELECT id, node_id, created_at, expires_at, used_at, created_by, CASE WHEN used_at IS NOT "   \
+    "NULL THEN 'used' WHEN expires_at <= ?2 THEN 'expired' ELSE 'valid' END FROM "                 \
+    "enrollment_tokens"
+
+static int node_exists(store *s, int64_t node_id)
+{
+    bool found;
+    int64_t one;
+    int rc = one_int(s, &found, &one, "SELECT 1 FROM nodes WHERE id = ?1", "i", node_id);
+    if (rc == STORE_OK && !found)
+        rc = fail(s, STORE_ENOTFOUND, NULL, "there is no node %lld", (long long)node_id);
+    return rc;
+}
+
+int store_enroll_token_create(store *s, int64_t node_id, int64_t ttl_s, const char *actor,
+                              char **secret, cJSON **out)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char raw[32], h[32];
+    char *t = NULL, oid[32];
+    cJSON *after = NULL, *arr = NULL;
+    int64_t now = now_ms();
+    clear_error(s);
+    *secret = NULL;
+    if (out)
+        *out = NULL;
+    int rc = check_actor(s, actor);
+    if (rc == STORE_OK && (ttl_s < ENROLL_TTL_MIN || ttl_s > ENROLL_TTL_MAX))
+        rc = invalid(s, "ttl_seconds", "must be %d to %d seconds", ENROLL_TTL_MIN,
+                     ENROLL_TTL_MAX);
+    if (rc == STORE_OK && !(t = malloc(2 * sizeof(raw) + 1)))
+        rc = oom(s);
+    if (rc == STORE_OK && RAND_bytes(raw, sizeof(raw)) != 1)
+        rc = fail(s, STORE_ERR, NULL, "no random bytes for a token");
+    if (rc == STORE_OK) {
+        for (size_t i = 0; i < sizeof(raw); i++) {
+            t[2 * i] = hex[raw[i] >> 4];
+            t[2 * i + 1] = hex[raw[i] & 15];
+        }
+        t[2 * sizeof(raw)] = '\0';
+        if (!sha256(t, strlen(t), h))
+            rc = fail(s, STORE_ERR, NULL, "SHA-256 failed");
+    }
+    explicit_bzero(raw, sizeof(raw));
+    if (rc == STORE_OK)
+        rc = begin(s, true);
+    if (rc != STORE_OK)
+        goto done;
+    rc = node_exists(s, node_id);
+    if (rc == STORE_OK)
+        rc = run(s, "storing the enrollment token",
+                 "INSERT INTO enrollment_tokens (node_id, token_hash, created_at, created_by, "
+                 "expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                 "ibiti", node_id, h, 32, now, actor, now + ttl_s * 1000);
+    int64_t id = sqlite3_last_insert_rowid(s->db);
+    if (rc == STORE_OK && !(arr = cJSON_CreateArray()))
+        rc = oom(s);
+    if (rc == STORE_OK)
+        rc = rows_into(s, arr, enroll_cols, N(enroll_cols), ENROLL_SELECT " WHERE id = ?1", "ii",
+                       id, now);
+    if (rc == STORE_OK && !(after = cJSON_DetachItemFromArray(arr, 0)))
+        rc = oom(s);
+    snprintf(oid, sizeof(oid), "%lld", (long long)node_id);
+    if (rc == STORE_OK)
+        rc = record(s, 0, actor, "enrollment-token", "node", oid, NULL, after, NULL, NULL);
+    rc = finish(s, rc);
+done:
+    explicit_bzero(h, sizeof(h));
+    cJSON_Delete(arr);
+    if (rc != STORE_OK) {
+        if (t)
+            explicit_bzero(t, strlen(t));
+        free(t);
+        cJSON_Delete(after);
+        return rc;
+    }
+    *secret = t;
+    if (out)
+        *out = after;
+    else
+        cJSON_Delete(after);
+    return STORE_OK;
+}
+
+int store_enroll_token_list(store *s, int64_t node_id, cJSON **out)
+{
+    clear_error(s);
+    *out = NULL;
+    int rc = node_exists(s, node_id);
+    cJSON *arr = rc == STORE_OK ? cJSON_CreateArray() : NULL;
+    if (rc == STORE_OK && !arr)
+        rc = oom(s);
+    if (rc == STORE_OK)
+        rc = rows_into(s, arr, enroll_cols, N(enroll_cols),
+                       ENROLL_SELECT " WHERE node_id = ?1 ORDER BY id DESC", "ii", node_id,
+                       now_ms());
+    if (rc != STORE_OK) {
+        cJSON_Delete(arr);
+        return rc;
+    }
+    *out = arr;
+    return STORE_OK;
+}
+
+int store_enroll_token_expire(store *s, int64_t node_id, const char *actor, size_t *n)
+{
+    char oid[32];
+    int64_t now = now_ms();
+    clear_error(s);
+    if (n)
+        *n = 0;
+    int rc = check_actor(s, actor);
+    if (rc == STORE_OK)
+        rc = begin(s, true);
+    if (rc != STORE_OK)
+        return rc;
+    rc = node_exists(s, node_id);
+    if (rc == STORE_OK)
+        rc = run(s, "expiring enrollment tokens",
+                 "UPDATE enrollment_tokens SET expires_at = ?2 WHERE node_id = ?1 AND used_at IS "
+                 "NULL AND expires_at > ?2",
+                 "ii", node_id, now);
+    size_t changed = rc == STORE_OK ? (size_t)sqlite3_changes(s->db) : 0;
+    snprintf(oid, sizeof(oid), "%lld", (long long)node_id);
+    if (rc == STORE_OK && changed)
+        rc = record(s, 0, actor, "enrollment-expire", "node", oid, NULL, NULL, NULL, NULL);
+    rc = finish(s, rc);
+    if (rc == STORE_OK && n)
+        *n = changed;
+    return rc;
+}
+
+const char *store_enroll_why_name(store_enroll_why w)
+{
+    switch (w) {
+    case STORE_ENROLL_OK: return "ok";
+    case STORE_ENROLL_UNKNOWN: return "token-unknown";
+    case STORE_ENROLL_EXPIRED: return "token-expired";
+    case STORE_ENROLL_USED: return "token-used";
+    }
+    return "token-unknown";
+}
+
+int store_enroll_redeem(store *s, const char *secret, int64_t now_ms_, store_issue_fn issue,
+                        void *arg, store_enroll_why *why)
+{
+    unsigned char h[32];
+    sqlite3_stmt *st = NULL;
+    int64_t tid = 0, node_id = 0, expires = 0;
+    bool used = false, found = false;
+    char name[65] = "", fp[65] = "", ierr[256] = "", oid[32];
+    cJSON *before = NULL, *after = NULL;
+    clear_error(s);
+    *why = STORE_ENROLL_UNKNOWN;
+    if (!secret || strlen(secret) > 256 || !sha256(secret, strlen(secret), h))
+        return fail(s, STORE_ENOTFOUND, "token", "the enrollment token is not known");
+    int rc = begin(s, true);
+    if (rc != STORE_OK)
+        return rc;
+    rc = prep(s,
+              "SELECT t.id, t.node_id, t.expires_at, t.used_at IS NOT NULL, n.name FROM "
+              "enrollment_tokens t JOIN nodes n ON n.id = t.node_id WHERE t.token_hash = ?1",
+              &st);
+    if (rc == STORE_OK && sqlite3_bind_blob(st, 1, h, 32, SQLITE_TRANSIENT) != SQLITE_OK)
+        rc = oom(s);
+    if (rc == STORE_OK) {
+        int r = sqlite3_step(st);
+        if (r == SQLITE_ROW) {
+            found = true;
+            tid = sqlite3_column_int64(st, 0);
+            node_id = sqlite3_column_int64(st, 1);
+            expires = sqlite3_column_int64(st, 2);
+            used = sqlite3_column_int(st, 3) != 0;
+            snprintf(name, sizeof(name), "%s", (const char *)sqlite3_column_text(st, 4));
+        } else if (r != SQLITE_DONE) {
+            rc = db_fail(s, r, "reading the enrollment token");
+        }
+    }
+    unprep(s, st);
+    if (rc == STORE_OK && !found)
+        rc = fail(s, STORE_ENOTFOUND, "token", "the enrollment token is not known");
+    else if (rc == STORE_OK && used) {
+        *why = STORE_ENROLL_USED;
+        rc = fail(s, STORE_ENOTFOUND, "token", "the enrollment token was used before");
+    } else if (rc == STORE_OK && expires <= now_ms_) {
+        *why = STORE_ENROLL_EXPIRED;
+        rc = fail(s, STORE_ENOTFOUND, "token", "the enrollment token has expired");
+    }
+    if (rc == STORE_OK)
+        rc = obj_load(s, &ot_node, true, node_id, &before);
+    if (rc == STORE_OK && issue(arg, node_id, name, fp, ierr, sizeof(ierr)) != 0)
+        rc = fail(s, STORE_ERR, NULL, "%s", ierr[0] ? ierr : "issuing the certificate failed");
+    if (rc == STORE_OK && strlen(fp) != 64)
+        rc = fail(s, STORE_ERR, NULL, "the issued certificate has no fingerprint");
+    if (rc == STORE_OK)
+        rc = run(s, "using the token", "UPDATE enrollment_tokens SET used_at = ?2 WHERE id = ?1",
+                 "ii", tid, now_ms_);
+    if (rc == STORE_OK)
+        rc = run(s, "enrolling the node",
+                 "UPDATE nodes SET enrollment = 'enrolled', cert_fingerprint = ?2, enrolled_at = "
+                 "?3 WHERE id = ?1",
+                 "iti", node_id, fp, now_ms_);
+    if (rc == STORE_OK)
+        rc = obj_load(s, &ot_node, true, node_id, &after);
+    snprintf(oid, sizeof(oid), "%lld", (long long)node_id);
+    if (rc == STORE_OK)
+        rc = record(s, 0, "enroll", "enroll", "node", oid, before, after, NULL, NULL);
+    rc = finish(s, rc);
+    if (rc == STORE_OK)
+        *why = STORE_ENROLL_OK;
+    explicit_bzero(h, sizeof(h));
+    cJSON_Delete(before);
+    cJSON_Delete(after);
+    return rc;
+}
+
+int store_node_identity_get(store *s, const char *name, store_node_identity *out)
+{
+    sqlite3_stmt *st = NULL;
+    clear_error(s);
+    memset(out, 0, sizeof(*out));
+    int rc = prep(s,
+                  "SELECT id, office_id, name, coalesce(cert_fingerprint, ''), enrollment = "
+                  "'enrolled', events_seq FROM nodes WHERE name = ?1",
+                  &st);
+    if (rc == STORE_OK && sqlite3_bind_text(st, 1, name ? name : "", -1, SQLITE_TRANSIENT) !=
+                              SQLITE_OK)
+        rc = oom(s);
+    if (rc == STORE_OK) {
+        int r = sqlite3_step(st);
+        if (r == SQLITE_ROW) {
+            out->id = sqlite3_column_int64(st, 0);
+            out->office_id = sqlite3_column_int64(st, 1);
+            snprintf(out->name, sizeof(out->name), "%s", (const char *)sqlite3_column_text(st, 2));
+            snprintf(out->fingerprint, sizeof(out->fingerprint), "%s",
+                     (const char *)sqlite3_column_text(st, 3));
+            out->enrolled = sqlite3_column_int(st, 4) != 0;
+            out->events_seq = sqlite3_column_int64(st, 5);
+        } else if (r == SQLITE_DONE) {
+            rc = fail(s, STORE_ENOTFOUND, NULL, "there is no node named '%s'", name ? name : "");
+        } else {
+            rc = db_fail(s, r, "reading the node");
+        }
+    }
+    unprep(s, st);
+    return rc;
+}
+
+int store_node_revoke(store *s, int64_t id, const char *actor)
+{
+    return store_node_set_enrollment(s, id, "revoked", actor);
+}
+
+int store_node_offices(store *s, cJSON **out)
+{
+    static const col cols[] = {
+        {"id", C_INT}, {"name", C_TEXT}, {"office_id", C_INT}, {"region_id", C_INT}};
+    clear_error(s);
+    *out = NULL;
+    cJSON *arr = cJSON_CreateArray();
+    if (!arr)
+        return oom(s);
+    int rc = rows_into(s, arr, cols, N(cols),
+                       "SELECT n.id, n.name, n.office_id, o.region_id FROM nodes n JOIN offices o "
+                       "ON o.id = n.office_id ORDER BY n.id",
+                       "");
+    if (rc != STORE_OK) {
+        cJSON_Delete(arr);
+        return rc;
+    }
+    *out = arr;
+    return STORE_OK;
+}
+
+/* Stores one batch of a node's events inside the caller's transaction and
+ * savepoint; op->inserted and op->high_seq say what came of it. */
+static int link_events(store *s, store_link_op *op, int64_t now)
+{
+    sqlite3_stmt *st = NULL;
+    bool found;
+    int64_t node_id = 0, office = 0, region = 0, max_seq = 0;
+    size_t i = 0;
+    if (!cJSON_IsArray(op->events) || cJSON_GetArraySize(op->events) > MAX_BATCH)
+        return invalid(s, "", "must be an array of at most %d events", MAX_BATCH);
+    int rc = one_int(s, &found, &node_id, "SELECT id FROM nodes WHERE name = ?1", "t",
+                     op->node ? op->node : "");
+    if (rc == STORE_OK && !found)
+        rc = fail(s, STORE_ENOTFOUND, NULL, "there is no node named '%s'",
+                  op->node ? op->node : "");
+    if (rc == STORE_OK)
+        rc = one_int(s, &found, &office, "SELECT office_id FROM nodes WHERE id = ?1", "i",
+                     node_id);
+    if (rc == STORE_OK)
+        rc =
+            one_int(s, &found, &region, "SELECT region_id FROM offices WHERE id = ?1", "i", office);
+    if (rc == STORE_OK)
+        rc = prep(s,
+                  "INSERT INTO events (node, seq, time, type, verdict, reason, detail, source, "
+                  "source_port, destination, destination_address, port, protocol, group_name, "
+                  "policy_version, bytes_up, bytes_down, office_id, region_id, received) "
+                  "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, "
+                  "coalesce(?16, 0), coalesce(?17, 0), ?18, ?19, ?20) "
+                  "ON CONFLICT (node, seq) DO NOTHING",
+                  &st);
+    for (const cJSON *ev = op->events->child; rc == STORE_OK && ev; ev = ev->next, i++) {
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+        if (sqlite3_bind_text(st, 1, op->node, -1, SQLITE_STATIC) != SQLITE_OK ||
+            sqlite3_bind_int64(st, 18, office) != SQLITE_OK ||
+            sqlite3_bind_int64(st, 19, region) != SQLITE_OK ||
+            sqlite3_bind_int64(st, 20, now) != SQLITE_OK)
+            rc = oom(s);
+        if (rc == STORE_OK)
+            rc = ev_bind(s, st, ev, i);
+        if (rc == STORE_OK) {
+            int r = sqlite3_step(st);
+            if (r != SQLITE_DONE)
+                rc = db_fail(s, r, "storing an event");
+            else
+                op->inserted += (size_t)sqlite3_changes(s->db);
+        }
+        const cJSON *seq = cJSON_GetObjectItemCaseSensitive(ev, "seq");
+        if (rc == STORE_OK && cJSON_IsNumber(seq) && (int64_t)seq->valuedouble > max_seq)
+            max_seq = (int64_t)seq->valuedouble;
+    }
+    unprep(s, st);
+    if (rc == STORE_OK)
+        rc = run(s, "recording the node's events",
+                 "UPDATE nodes SET events_seq = max(events_seq, ?2), events_dropped = "
+                 "max(events_dropped, ?3), last_seen = ?4 WHERE id = ?1",
+                 "iiii", node_id, max_seq, op->dropped, now);
+    if (rc == STORE_OK)
+        rc = one_int(s, &found, &op->high_seq, "SELECT events_seq FROM nodes WHERE id = ?1", "i",
+                     node_id);
+    return rc;
+}
+
+static int link_op(store *s, store_link_op *op, int64_t now)
+{
+    switch (op->kind) {
+    case STORE_LINK_EVENTS: return link_events(s, op, now);
+    case STORE_LINK_HELLO:
+        return node_update(s, op->node_id,
+                           "UPDATE nodes SET connected = 1, last_seen = ?2, software = ?4 "
+                           "WHERE id = ?1",
+                           "iizt", op->time_ms, 0, op->software);
+    case STORE_LINK_VERSIONS:
+        if (op->last_error && strlen(op->last_error) > MAX_DETAIL)
+            return invalid(s, "last_error", "must be at most %d bytes", MAX_DETAIL);
+        return node_update(s, op->node_id,
+                           "UPDATE nodes SET enforced_version = ?2, pending_version = ?3, "
+                           "last_error = ?4 WHERE id = ?1",
+                           "izzt", op->enforced, op->pending, op->last_error);
+    case STORE_LINK_STATS: {
+        cJSON *j = op->stats ? cJSON_Parse(op->stats) : NULL;
+        bool ok = cJSON_IsObject(j);
+        cJSON_Delete(j);
+        if (!ok)
+            return invalid(s, "stats", "must be a JSON object");
+        return node_update(s, op->node_id,
+                           "UPDATE nodes SET stats = ?4, stats_at = ?2, last_seen = ?2 WHERE id = "
+                           "?1",
+                           "iizt", op->time_ms, 0, op->stats);
+    }
+    case STORE_LINK_SEEN:
+        return node_update(s, op->node_id, "UPDATE nodes SET last_seen = ?2 WHERE id = ?1", "ii",
+                           op->time_ms, 0, NULL);
+    case STORE_LINK_GONE:
+        return node_update(s, op->node_id,
+                           "UPDATE nodes SET connected = 0, last_seen = ?2 WHERE id = ?1", "ii",
+                           op->time_ms, 0, NULL);
+    }
+    return invalid(s, "kind", "unknown link operation %d", (int)op->kind);
+}
+
+int store_link_apply(store *s, store_link_op *ops, size_t n)
+{
+    int64_t now = now_ms();
+    clear_error(s);
+    int rc = begin(s, true);
+    if (rc != STORE_OK)
+        return rc;
+    for (size_t i = 0; i < n && rc == STORE_OK; i++) {
+        store_link_op *op = &ops[i];
+        op->rc = STORE_OK;
+        op->inserted = 0;
+        op->high_seq = 0;
+        op->error[0] = '\0';
+        rc = run(s, "starting a savepoint", "SAVEPOINT link_op", "");
+        if (rc != STORE_OK)
+            break;
+        op->rc = link_op(s, op, now);
+        if (op->rc == STORE_OK) {
+            rc = run(s, "releasing a savepoint", "RELEASE link_op", "");
+        } else {
+            snprintf(op->error, sizeof(op->error), "%.64s%s%.180s", s->field,
+                     s->field[0] ? ": " : "", s->msg);
+            op->inserted = 0;
+            rc = run(s, "rolling back a savepoint", "ROLLBACK TO link_op", "");
+            if (rc == STORE_OK)
+                rc = run(s, "releasing a savepoint", "RELEASE link_op", "");
+            /* A database failure (not the op's own input) stops the batch. */
+            if (rc == STORE_OK && (op->rc == STORE_ERR || op->rc == STORE_EBUSY))
+                rc = op->rc;
+        }
+    }
+    rc = finish(s, rc);
+    if (rc == STORE_OK)
+        clear_error(s);
+    return rc;
+}
+
+int store_link_reset(store *s)
+{
+    clear_error(s);
+    return run(s, "resetting node connections", "UPDATE nodes SET connected = 0 WHERE connected",
+               "");
+}
+
+int store_events_prune(store *s, int64_t older_than_ms, int64_t keep, unsigned limit,
+                       size_t *deleted)
+{
+    size_t total = 0;
+    clear_error(s);
+    if (deleted)
+        *deleted = 0;
+    if (!limit)
+        limit = 10000;
+    int rc = begin(s, true);
+    if (rc != STORE_OK)
+        return rc;
+    if (older_than_ms > 0) {
+        rc = run(s, "deleting old events",
+                 "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE received < ?1 "
+                 "ORDER BY id LIMIT ?2)",
+                 "ii", older_than_ms, (int64_t)limit);
+        if (rc == STORE_OK)
+            total += (size_t)sqlite3_changes(s->db);
+    }
+    if (rc == STORE_OK && keep > 0 && total < limit) {
+        /* The newest keep rows stay: everything at or below the id just past
+         * them goes, at most what is left of limit. */
+        bool found;
+        int64_t cut = 0;
+        rc = one_int(s, &found, &cut, "SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?1",
+                     "i", keep);
+        if (rc == STORE_OK && found)
+            rc = run(s, "deleting the oldest events",
+                     "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE id <= ?1 "
+                     "ORDER BY id LIMIT ?2)",
+                     "ii", cut, (int64_t)(limit - total));
+        if (rc == STORE_OK && found)
+            total += (size_t)sqlite3_changes(s->db);
+    }
+    rc = finish(s, rc);
+    if (rc == STORE_OK && deleted)
+        *deleted = total;
+    return rc;
+}
+
+/* --- staged rollout --------------------------------------------------------- */
+
+static int rollout_load(store *s, cJSON **out)
+{
+    sqlite3_stmt *st = NULL;
+    bool found;
+    int64_t newest = 0;
+    *out = NULL;
+    int rc = one_int(s, &found, &newest, "SELECT coalesce(max(number), 0) FROM revisions", "");
+    if (rc == STORE_OK)
+        rc = prep(s,
+                  "SELECT mode, released, canary_revision, canary_offices, canary_regions, "
+                  "updated_at FROM rollout WHERE id = 1",
+                  &st);
+    if (rc == STORE_OK && sqlite3_step(st) != SQLITE_ROW)
+        rc = fail(s, STORE_ERR, NULL, "the rollout row is missing");
+    if (rc == STORE_OK) {
+        cJSON *o = cJSON_CreateObject();
+        const char *mode = (const char *)sqlite3_column_text(st, 0);
+        bool manual = mode && strcmp(mode, "manual") == 0;
+        int64_t released = manual ? sqlite3_column_int64(st, 1) : newest;
+        cJSON *canary = NULL;
+        if (sqlite3_column_type(st, 2) != SQLITE_NULL) {
+            canary = cJSON_CreateObject();
+            if (canary) {
+                jadd(canary, "revision", cJSON_CreateNumber((double)sqlite3_column_int64(st, 2)));
+                jadd(canary, "offices", col_json(st, 3, C_JSON));
+                jadd(canary, "regions", col_json(st, 4, C_JSON));
+            }
+        } else {
+            canary = cJSON_CreateNull();
+        }
+        if (!o || !jadd(o, "mode", cJSON_CreateString(manual ? "manual" : "auto")) ||
+            !jadd(o, "newest", cJSON_CreateNumber((double)newest)) ||
+            !jadd(o, "released", cJSON_CreateNumber((double)released)) ||
+            !jadd(o, "canary", canary) || !jadd(o, "updated_at", col_json(st, 5, C_TIME))) {
+            cJSON_Delete(o);
+            rc = oom(s);
+        } else {
+            *out = o;
+        }
+    }
+    unprep(s, st);
+    return rc;
+}
+
+int store_rollout_get(store *s, cJSON **out)
+{
+    clear_error(s);
+    return rollout_load(s, out);
+}
+
+/* Ends a rollout change: the audit row with before and after, and *out. */
+static int rollout_finish(store *s, int rc, const char *actor, const char *action, cJSON *before,
+                          cJSON **out)
+{
+    cJSON *after = NULL;
+    if (out)
+        *out = NULL;
+    if (rc == STORE_OK)
+        rc = rollout_load(s, &after);
+    if (rc == STORE_OK)
+        rc = record(s, 0, actor, action, "rollout", "1", before, after, NULL, NULL);
+    rc = finish(s, rc);
+    cJSON_Delete(before);
+    if (rc == STORE_OK && out)
+        *out = after;
+    else
+        cJSON_Delete(after);
+    return rc;
+}
+
+static int rollout_begin(store *s, const char *actor, cJSON **before)
+{
+    *before = NULL;
+    int rc = check_actor(s, actor);
+    if (rc == STORE_OK)
+        rc = begin(s, true);
+    if (rc == STORE_OK && (rc = rollout_load(s, before)) != STORE_OK)
+        rollback(s);
+    return rc;
+}
+
+static bool rollout_manual(const cJSON *r)
+{
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(r, "mode");
+    return cJSON_IsString(m) && strcmp(m->valuestring, "manual") == 0;
+}
+
+int store_rollout_set_mode(store *s, const char *mode, const char *actor, cJSON **out)
+{
+    static const char *const modes[] = {"auto", "manual", NULL};
+    cJSON *before = NULL;
+    clear_error(s);
+    if (out)
+        *out = NULL;
+    if (!mode || !in_list(mode, modes))
+        return invalid(s, "mode", "must be \"auto\" or \"manual\"");
+    int rc = rollout_begin(s, actor, &before);
+    if (rc != STORE_OK)
+        return rc;
+    if (strcmp(mode, "auto") == 0)
+        rc = run(s, "changing the rollout",
+                 "UPDATE rollout SET mode = 'auto', released = NULL, canary_revision = NULL, "
+                 "canary_offices = '[]', canary_regions = '[]', updated_at = ?1",
+                 "i", now_ms());
+    else if (!rollout_manual(before))
+        rc = run(s, "changing the rollout",
+                 "UPDATE rollout SET mode = 'manual', released = (SELECT max(number) FROM "
+                 "revisions), updated_at = ?1",
+                 "i", now_ms());
+    return rollout_finish(s, rc, actor, "rollout-mode", before, out);
+}
+
+/* Checks an array of ids of a table: each an integer that exists. */
+static int want_ids(store *s, const cJSON *v, const char *field, const char *sql, const char *what,
+                    size_t *count)
+{
+    char f[64];
+    size_t i = 0;
+    *count = 0;
+    if (!v || cJSON_IsNull(v))
+        return STORE_OK;
+    if (!cJSON_IsArray(v))
+        return invalid(s, field, "must be an array of %s ids", what);
+    for (const cJSON *e = v->child; e; e = e->next, i++) {
+        snprintf(f, sizeof(f), "%s[%zu]", field, i);
+        int64_t id;
+        int rc = want_ref(s, e, f, sql, what, &id);
+        if (rc != STORE_OK)
+            return rc;
+    }
+    *count = i;
+    return STORE_OK;
+}
+
+int store_rollout_canary(store *s, int64_t revision, const cJSON *offices, const cJSON *regions,
+                         const char *actor, cJSON **out)
+{
+    cJSON *before = NULL, *o_ids = NULL, *r_ids = NULL;
+    size_t no = 0, nr = 0;
+    bool found;
+    int64_t newest = 0, released = 0;
+    clear_error(s);
+    if (out)
+        *out = NULL;
+    int rc = rollout_begin(s, actor, &before);
+    if (rc != STORE_OK)
+        return rc;
+    if (!rollout_manual(before))
+        rc = fail(s, STORE_ECONFLICT, "mode",
+                  "a canary needs the manual rollout mode (PUT /api/v1/rollout "
+                  "{\"mode\": \"manual\"}) first");
+    if (rc == STORE_OK)
+        rc = one_int(s, &found, &newest, "SELECT coalesce(max(number), 0) FROM revisions", "");
+    released = (int64_t)cJSON_GetObjectItemCaseSensitive(before, "released")->valuedouble;
+    if (rc == STORE_OK && revision == 0)
+        revision = newest;
+    if (rc == STORE_OK && (revision < 1 || revision > newest))
+        rc = fail(s, STORE_ENOTFOUND, "revision", "there is no revision %lld",
+                  (long long)revision);
+    if (rc == STORE_OK && revision < released)
+        rc = invalid(s, "revision", "revision %lld is older than the released one (%lld)",
+                     (long long)revision, (long long)released);
+    if (rc == STORE_OK)
+        rc = want_ids(s, offices, "offices", "SELECT 1 FROM offices WHERE id = ?1", "office", &no);
+    if (rc == STORE_OK)
+        rc = want_ids(s, regions, "regions", "SELECT 1 FROM regions WHERE id = ?1", "region", &nr);
+    if (rc == STORE_OK && no + nr == 0)
+        rc = invalid(s, "offices", "name at least one office or region for the canary");
+    if (rc == STORE_OK && (!(o_ids = offices ? cJSON_Duplicate(offices, true)
+                                             : cJSON_CreateArray()) ||
+                           !(r_ids = regions ? cJSON_Duplicate(regions, true)
+                                             : cJSON_CreateArray())))
+        rc = oom(s);
+    if (rc == STORE_OK)
+        rc = run(s, "starting the canary",
+                 "UPDATE rollout SET canary_revision = ?1, canary_offices = ?2, canary_regions = "
+                 "?3, updated_at = ?4",
+                 "ijji", revision, o_ids, r_ids, now_ms());
+    cJSON_Delete(o_ids);
+    cJSON_Delete(r_ids);
+    return rollout_finish(s, rc, actor, "rollout-canary", before, out);
+}
+
+int store_rollout_promote(store *s, const char *actor, cJSON **out)
+{
+    cJSON *before = NULL;
+    clear_error(s);
+    int rc = rollout_begin(s, actor, &before);
+    if (rc != STORE_OK)
+        return rc;
+    if (cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(before, "canary")))
+        rc = fail(s, STORE_ECONFLICT, NULL, "there is no canary to promote");
+    if (rc == STORE_OK)
+        rc = run(s, "promoting the canary",
+                 "UPDATE rollout SET released = canary_revision, canary_revision = NULL, "
+                 "canary_offices = '[]', canary_regions = '[]', updated_at = ?1",
+                 "i", now_ms());
+    return rollout_finish(s, rc, actor, "rollout-promote", before, out);
+}
+
+int store_rollout_abort(store *s, const char *actor, cJSON **out)
+{
+    cJSON *before = NULL;
+    clear_error(s);
+    int rc = rollout_begin(s, actor, &before);
+    if (rc != STORE_OK)
+        return rc;
+    if (cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(before, "canary")))
+        rc = fail(s, STORE_ECONFLICT, NULL, "there is no canary to abort");
+    if (rc == STORE_OK)
+        rc = run(s, "ending the canary",
+                 "UPDATE rollout SET canary_revision = NULL, canary_offices = '[]', "
+                 "canary_regions = '[]', updated_at = ?1",
+                 "i", now_ms());
+    return rollout_finish(s, rc, actor, "rollout-abort", before, out);
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+int store_rollout_plan_get(store *s, store_rollout_plan *out)
+{
+    cJSON *r = NULL;
+    sqlite3_stmt *st = NULL;
+    size_t cap = 0;
+    clear_error(s);
+    memset(out, 0, sizeof(*out));
+    int rc = begin(s, false);
+    if (rc != STORE_OK)
+        return rc;
+    rc = rollout_load(s, &r);
+    if (rc == STORE_OK) {
+        out->released = (int64_t)cJSON_GetObjectItemCaseSensitive(r, "released")->valuedouble;
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(r, "canary");
+        if (cJSON_IsObject(c))
+            out->canary = (int64_t)cJSON_GetObjectItemCaseSensitive(c, "revision")->valuedouble;
+    }
+    /* The offices listed and those of the regions listed, as they are now. */
+    if (rc == STORE_OK && out->canary)
+        rc = prep(s,
+                  "SELECT id FROM offices WHERE id IN (SELECT value FROM json_each((SELECT "
+                  "canary_offices FROM rollout WHERE id = 1))) OR region_id IN (SELECT value "
+                  "FROM json_each((SELECT canary_regions FROM rollout WHERE id = 1))) ORDER BY id",
+                  &st);
+    int r2 = SQLITE_DONE;
+    while (rc == STORE_OK && out->canary && (r2 = sqlite3_step(st)) == SQLITE_ROW) {
+        if (out->ncanary == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            int64_t *p = realloc(out->canary_offices, ncap * sizeof(*p));
+            if (!p) {
+                rc = oom(s);
+                break;
+            }
+            out->canary_offices = p;
+            cap = ncap;
+        }
+        out->canary_offices[out->ncanary++] = sqlite3_column_int64(st, 0);
+    }
+    if (rc == STORE_OK && out->canary && r2 != SQLITE_DONE)
+        rc = db_fail(s, r2, "reading the canary offices");
+    unprep(s, st);
+    rollback(s);
+    cJSON_Delete(r);
+    if (rc != STORE_OK) {
+        store_rollout_plan_free(out);
+        return rc;
+    }
+    if (out->ncanary)
+        qsort(out->canary_offices, out->ncanary, sizeof(int64_t), cmp_i64);
+    return STORE_OK;
+}
+
+void store_rollout_plan_free(store_rollout_plan *p)
+{
+    if (!p)
+        return;
+    free(p->canary_offices);
+    memset(p, 0, sizeof(*p));
 }

@@ -256,6 +256,145 @@ int store_node_seen(store *s, int64_t id, int64_t time_ms) STORE_WUR;
 int store_node_set_versions(store *s, int64_t id, int64_t enforced, int64_t pending,
                             const char *last_error) STORE_WUR;
 
+/* --- enrollment and the link (docs/link.md) ----------------------------- */
+
+/* Creates a one-time enrollment token for node node_id, valid ttl_s seconds
+ * (60..604800); audited. *secret receives its secret part (64 hex digits;
+ * only its SHA-256 is kept; the caller wipes and frees it), to
+ * which the API adds the prefix and the CA fingerprint. *out (optional) is
+ * {"id", "node_id", "created_at", "expires_at", "used_at", "created_by"}. */
+int store_enroll_token_create(store *s, int64_t node_id, int64_t ttl_s, const char *actor,
+                              char **secret, cJSON **out) STORE_WUR;
+/* The node's tokens, newest first, without secrets; each with "state":
+ * "valid", "used" or "expired". */
+int store_enroll_token_list(store *s, int64_t node_id, cJSON **out) STORE_WUR;
+/* Expires every unused token of the node now; audited. *n (optional) how many. */
+int store_enroll_token_expire(store *s, int64_t node_id, const char *actor, size_t *n) STORE_WUR;
+
+/* Why a redemption was refused. */
+typedef enum {
+    STORE_ENROLL_OK = 0,
+    STORE_ENROLL_UNKNOWN, /* no such token */
+    STORE_ENROLL_EXPIRED, /* past its expiry, or expired by an operator */
+    STORE_ENROLL_USED,    /* redeemed before */
+} store_enroll_why;
+
+/* "ok", "token-unknown", "token-expired", "token-used". */
+const char *store_enroll_why_name(store_enroll_why w);
+
+/* The certificate issuer the redemption calls inside its transaction: it
+ * issues a certificate for the node and writes its SHA-256 fingerprint (64
+ * hex digits) to fingerprint; returns 0, or -1 with err (the redemption then
+ * fails with STORE_ERR and that message, and the token stays unused). */
+typedef int (*store_issue_fn)(void *arg, int64_t node_id, const char *node_name,
+                              char fingerprint[65], char *err, size_t errlen);
+
+/* Redeems a token's secret in one transaction: checks it is known, unused
+ * and unexpired at now_ms, calls issue, marks the token used, and sets the
+ * node "enrolled" with the new certificate's fingerprint (which replaces
+ * the old: a certificate issued before no longer passes store_node_identity);
+ * audited with actor "enroll". A refused token is STORE_ENOTFOUND with *why
+ * saying which and nothing changed. */
+int store_enroll_redeem(store *s, const char *secret, int64_t now_ms, store_issue_fn issue,
+                        void *arg, store_enroll_why *why) STORE_WUR;
+
+/* What the hub checks of a connecting node's certificate. */
+typedef struct store_node_identity {
+    int64_t id, office_id;
+    char name[65];
+    char fingerprint[65]; /* "" when it has none */
+    bool enrolled;        /* enrollment == "enrolled" */
+    int64_t events_seq;   /* the highest event seq stored for it */
+} store_node_identity;
+
+/* The node with this name; STORE_ENOTFOUND when none. */
+int store_node_identity_get(store *s, const char *name, store_node_identity *out) STORE_WUR;
+
+/* Sets the node "revoked" (keeps its fingerprint for the record); audited.
+ * The hub closes its connection (the caller tells it). */
+int store_node_revoke(store *s, int64_t id, const char *actor) STORE_WUR;
+
+/* Every node's name, office and region: [{"id", "name", "office_id",
+ * "region_id"}], ordered by id. */
+int store_node_offices(store *s, cJSON **out) STORE_WUR;
+
+/* One write of the hub, applied by store_link_apply. */
+typedef enum {
+    STORE_LINK_EVENTS = 0, /* node, events: store the batch; high_seq, inserted out */
+    STORE_LINK_HELLO,      /* node_id, time_ms, software: connected and seen */
+    STORE_LINK_VERSIONS,   /* node_id, enforced, pending, last_error */
+    STORE_LINK_STATS,      /* node_id, time_ms, stats (JSON text) */
+    STORE_LINK_SEEN,       /* node_id, time_ms */
+    STORE_LINK_GONE,       /* node_id, time_ms: the connection closed */
+} store_link_kind;
+
+typedef struct store_link_op {
+    store_link_kind kind;
+    int64_t node_id;
+    const char *node;    /* EVENTS: the node's name */
+    const cJSON *events; /* EVENTS: the array as the node sent it */
+    int64_t dropped;     /* EVENTS: the spool's drop count, kept with the node */
+    int64_t time_ms;
+    const char *software;   /* HELLO */
+    int64_t enforced;       /* VERSIONS: 0 = none */
+    int64_t pending;        /* VERSIONS: 0 = none */
+    const char *last_error; /* VERSIONS: NULL = none */
+    const char *stats;      /* STATS: a JSON object as text */
+    /* results */
+    int rc;           /* STORE_OK or the op's own failure */
+    size_t inserted;  /* EVENTS: new rows */
+    int64_t high_seq; /* EVENTS: the node's highest stored seq after it */
+    char error[256];  /* the failure's message when rc != STORE_OK */
+} store_link_op;
+
+/* Applies n ops in ONE transaction, each in a savepoint of its own: an op
+ * that fails (a malformed event: "[3].time: ...") is rolled back alone and
+ * says why in its rc and error; the others are kept. Returns STORE_OK when
+ * the transaction committed (look at each op's rc), or the code of the
+ * failure that stopped it (nothing kept). */
+int store_link_apply(store *s, store_link_op *ops, size_t n) STORE_WUR;
+
+/* Marks every node disconnected (the hub, at start). */
+int store_link_reset(store *s) STORE_WUR;
+
+/* Deletes events received before older_than_ms (0 = no age limit), then the
+ * oldest beyond keep (0 = no count limit); at most limit rows per call
+ * (0 = 10000), so the writer never holds the database long. *deleted
+ * (optional) how many. */
+int store_events_prune(store *s, int64_t older_than_ms, int64_t keep, unsigned limit,
+                       size_t *deleted) STORE_WUR;
+
+/* --- staged rollout ------------------------------------------------------- */
+
+/* {"mode": "auto"|"manual", "newest": N, "released": N, "canary": null |
+ * {"revision", "offices": [ids], "regions": [ids]}, "updated_at"}. */
+int store_rollout_get(store *s, cJSON **out) STORE_WUR;
+/* "auto" releases the newest revision everywhere (and ends a canary);
+ * "manual" holds the revisions made from now on (released = the newest
+ * now). Audited. *out (optional) as store_rollout_get. */
+int store_rollout_set_mode(store *s, const char *mode, const char *actor, cJSON **out) STORE_WUR;
+/* Releases revision (0 = the newest; must exist and not be older than
+ * released) to the offices listed and every office of the regions listed
+ * (arrays of ids, each must exist; at least one in all); manual mode only
+ * (STORE_ECONFLICT in auto). Audited. */
+int store_rollout_canary(store *s, int64_t revision, const cJSON *offices, const cJSON *regions,
+                         const char *actor, cJSON **out) STORE_WUR;
+/* The canary's revision becomes the released one (STORE_ECONFLICT when
+ * there is no canary). Audited. */
+int store_rollout_promote(store *s, const char *actor, cJSON **out) STORE_WUR;
+/* Ends the canary; its offices return to the released revision. Audited. */
+int store_rollout_abort(store *s, const char *actor, cJSON **out) STORE_WUR;
+
+/* What every office should run now. */
+typedef struct store_rollout_plan {
+    int64_t released;        /* the revision of every office not in the canary */
+    int64_t canary;          /* 0 = no canary */
+    int64_t *canary_offices; /* sorted office ids */
+    size_t ncanary;
+} store_rollout_plan;
+int store_rollout_plan_get(store *s, store_rollout_plan *out) STORE_WUR;
+void store_rollout_plan_free(store_rollout_plan *p);
+
 /* --- events -------------------------------------------------------------- */
 
 /* Stores a batch of a node's events (a JSON array of objects shaped as

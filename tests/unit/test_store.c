@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static char tmpdir[] = "/tmp/pc-store-test-XXXXXX";
@@ -1526,6 +1527,253 @@ static void test_node_state(void)
     store_close(s);
 }
 
+
+/* --- enrollment, the link, rollout ------------------------------------------- */
+
+/* A region, an office and a node named name in it; returns the node id. */
+static int64_t make_node(store *s, const char *name, int64_t *office_out)
+{
+    char txt[256];
+    static int n;
+    snprintf(txt, sizeof(txt), "{\"name\": \"R%d\"}", ++n);
+    int64_t r = create(s, STORE_REGION, txt);
+    snprintf(txt, sizeof(txt), "{\"name\": \"O%d\", \"region_id\": %lld}", n, (long long)r);
+    int64_t o = create(s, STORE_OFFICE, txt);
+    snprintf(txt, sizeof(txt), "{\"name\": \"%s\", \"office_id\": %lld}", name, (long long)o);
+    if (office_out)
+        *office_out = o;
+    return create(s, STORE_NODE, txt);
+}
+
+typedef struct issue_arg {
+    int calls;
+    bool fail;
+    char fp[65];
+} issue_arg;
+
+static int fake_issue(void *arg, int64_t node_id, const char *node_name, char fingerprint[65],
+                      char *err, size_t errlen)
+{
+    issue_arg *a = arg;
+    a->calls++;
+    if (a->fail) {
+        snprintf(err, errlen, "the request's signature does not verify");
+        return -1;
+    }
+    snprintf(fingerprint, 65, "%s", a->fp);
+    return 0;
+}
+
+static void test_enrollment(void)
+{
+    store *s = fresh();
+    int64_t id = make_node(s, "gw-enroll", NULL);
+    char *secret = NULL;
+    cJSON *tok = NULL;
+    int64_t revs = count_rows(s, "revisions");
+    CU_ASSERT_EQUAL(store_enroll_token_create(s, id, 10, "tester", &secret, NULL), STORE_EINVALID);
+    CU_ASSERT_STRING_EQUAL(store_error_field(s), "ttl_seconds");
+    CU_ASSERT_EQUAL(store_enroll_token_create(s, 999, 600, "tester", &secret, NULL),
+                    STORE_ENOTFOUND);
+    CU_ASSERT_EQUAL_FATAL(store_enroll_token_create(s, id, 600, "tester", &secret, &tok), STORE_OK);
+    CU_ASSERT_EQUAL(strlen(secret), 64);
+    CU_ASSERT_STRING_EQUAL(cJSON_GetObjectItem(tok, "state")->valuestring, "valid");
+    cJSON_Delete(tok);
+    /* Not policy: no revision; audited. */
+    CU_ASSERT_EQUAL(count_rows(s, "revisions"), revs);
+    cJSON *a = last_audit(s);
+    CU_ASSERT_STRING_EQUAL(cJSON_GetObjectItem(a, "action")->valuestring, "enrollment-token");
+    cJSON_Delete(a);
+
+    issue_arg ia = {.fp = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"};
+    store_enroll_why why;
+    int64_t now = 1795514410000LL;
+    /* A failing issuer leaves the token unused. */
+    ia.fail = true;
+    CU_ASSERT_EQUAL(store_enroll_redeem(s, secret, now, fake_issue, &ia, &why), STORE_ERR);
+    CU_ASSERT_STRING_EQUAL(store_error_message(s), "the request's signature does not verify");
+    ia.fail = false;
+    CU_ASSERT_EQUAL(store_enroll_redeem(s, "nope", now, fake_issue, &ia, &why), STORE_ENOTFOUND);
+    CU_ASSERT_EQUAL(why, STORE_ENROLL_UNKNOWN);
+    CU_ASSERT_EQUAL(store_enroll_redeem(s, secret, now, fake_issue, &ia, &why), STORE_OK);
+    CU_ASSERT_EQUAL(why, STORE_ENROLL_OK);
+    CU_ASSERT_EQUAL(ia.calls, 2);
+    CU_ASSERT_EQUAL(store_enroll_redeem(s, secret, now, fake_issue, &ia, &why), STORE_ENOTFOUND);
+    CU_ASSERT_EQUAL(why, STORE_ENROLL_USED);
+    CU_ASSERT_STRING_EQUAL(store_enroll_why_name(why), "token-used");
+    CU_ASSERT_EQUAL(ia.calls, 2);
+
+    store_node_identity ni;
+    CU_ASSERT_EQUAL_FATAL(store_node_identity_get(s, "gw-enroll", &ni), STORE_OK);
+    CU_ASSERT(ni.enrolled && ni.id == id);
+    CU_ASSERT_STRING_EQUAL(ni.fingerprint, ia.fp);
+    CU_ASSERT_EQUAL(store_node_identity_get(s, "nope", &ni), STORE_ENOTFOUND);
+
+    /* Expired: by time, and by the operator. */
+    free(secret);
+    CU_ASSERT_EQUAL_FATAL(store_enroll_token_create(s, id, 60, "tester", &secret, NULL), STORE_OK);
+    CU_ASSERT_EQUAL(store_enroll_redeem(s, secret, now + 400LL * 86400 * 1000, fake_issue, &ia,
+                                        &why),
+                    STORE_ENOTFOUND);
+    CU_ASSERT_EQUAL(why, STORE_ENROLL_EXPIRED);
+    size_t n = 0;
+    CU_ASSERT_EQUAL(store_enroll_token_expire(s, id, "tester", &n), STORE_OK);
+    CU_ASSERT_EQUAL(n, 1);
+    /* The operator's expiry is now: any later redemption is refused. */
+    CU_ASSERT_EQUAL(store_enroll_redeem(s, secret, (int64_t)time(NULL) * 1000 + 1000, fake_issue,
+                                        &ia, &why),
+                    STORE_ENOTFOUND);
+    CU_ASSERT_EQUAL(why, STORE_ENROLL_EXPIRED);
+    free(secret);
+    cJSON *list = NULL;
+    CU_ASSERT_EQUAL_FATAL(store_enroll_token_list(s, id, &list), STORE_OK);
+    CU_ASSERT_EQUAL(cJSON_GetArraySize(list), 2);
+    CU_ASSERT_STRING_EQUAL(
+        cJSON_GetObjectItem(cJSON_GetArrayItem(list, 0), "state")->valuestring, "expired");
+    CU_ASSERT_STRING_EQUAL(
+        cJSON_GetObjectItem(cJSON_GetArrayItem(list, 1), "state")->valuestring, "used");
+    char *txt = cJSON_PrintUnformatted(list);
+    CU_ASSERT_PTR_NULL(strstr(txt, "hash"));
+    free(txt);
+    cJSON_Delete(list);
+
+    CU_ASSERT_EQUAL(store_node_revoke(s, id, "tester"), STORE_OK);
+    CU_ASSERT_EQUAL_FATAL(store_node_identity_get(s, "gw-enroll", &ni), STORE_OK);
+    CU_ASSERT_FALSE(ni.enrolled);
+    store_close(s);
+}
+
+static void test_link_apply(void)
+{
+    store *s = fresh();
+    int64_t id = make_node(s, "gw-link", NULL);
+    cJSON *good = J("[{\"seq\": 1, \"time\": \"2026-11-24T10:00:10.000Z\", \"type\": \"block\", "
+                    "\"verdict\": \"blocked\", \"reason\": \"blocked-domain\"}, {\"seq\": 2, "
+                    "\"time\": \"2026-11-24T10:00:11.000Z\", \"type\": \"block\", \"verdict\": "
+                    "\"blocked\", \"reason\": \"tls-certificate\"}]");
+    cJSON *bad = J("[{\"seq\": 3, \"time\": \"yesterday\", \"type\": \"block\", \"verdict\": "
+                   "\"blocked\", \"reason\": \"x\"}]");
+    store_link_op ops[5] = {
+        {.kind = STORE_LINK_HELLO, .node_id = id, .time_ms = 1000, .software = "node 1"},
+        {.kind = STORE_LINK_EVENTS, .node = "gw-link", .events = good, .dropped = 4},
+        {.kind = STORE_LINK_EVENTS, .node = "gw-link", .events = bad},
+        {.kind = STORE_LINK_VERSIONS, .node_id = id, .enforced = 3, .pending = 4},
+        {.kind = STORE_LINK_STATS, .node_id = id, .time_ms = 2000, .stats = "{\"accepted\": 5}"},
+    };
+    CU_ASSERT_EQUAL_FATAL(store_link_apply(s, ops, 5), STORE_OK);
+    CU_ASSERT_EQUAL(ops[0].rc, STORE_OK);
+    CU_ASSERT_EQUAL(ops[1].rc, STORE_OK);
+    CU_ASSERT_EQUAL(ops[1].inserted, 2);
+    CU_ASSERT_EQUAL(ops[1].high_seq, 2);
+    /* The bad batch is refused alone, and says where. */
+    CU_ASSERT_EQUAL(ops[2].rc, STORE_EINVALID);
+    CU_ASSERT_PTR_NOT_NULL(strstr(ops[2].error, "[0].time"));
+    CU_ASSERT_EQUAL(ops[3].rc, STORE_OK);
+    CU_ASSERT_EQUAL(ops[4].rc, STORE_OK);
+    /* The same batch again: stored once. */
+    store_link_op again = {.kind = STORE_LINK_EVENTS, .node = "gw-link", .events = good};
+    CU_ASSERT_EQUAL(store_link_apply(s, &again, 1), STORE_OK);
+    CU_ASSERT_EQUAL(again.inserted, 0);
+    CU_ASSERT_EQUAL(again.high_seq, 2);
+    cJSON *n = NULL;
+    CU_ASSERT_EQUAL_FATAL(store_object_get(s, STORE_NODE, id, &n), STORE_OK);
+    CU_ASSERT_TRUE(cJSON_IsTrue(cJSON_GetObjectItem(n, "connected")));
+    CU_ASSERT_STRING_EQUAL(cJSON_GetObjectItem(n, "software")->valuestring, "node 1");
+    CU_ASSERT_EQUAL(cJSON_GetObjectItem(n, "events_seq")->valuedouble, 2);
+    CU_ASSERT_EQUAL(cJSON_GetObjectItem(n, "events_dropped")->valuedouble, 4);
+    CU_ASSERT_EQUAL(cJSON_GetObjectItem(n, "enforced_version")->valuedouble, 3);
+    CU_ASSERT_EQUAL(cJSON_GetObjectItem(cJSON_GetObjectItem(n, "stats"), "accepted")->valuedouble,
+                    5);
+    cJSON_Delete(n);
+    store_event_query q = {.node = "gw-link"};
+    cJSON *page = NULL;
+    CU_ASSERT_EQUAL_FATAL(store_events_query(s, &q, &page), STORE_OK);
+    CU_ASSERT_EQUAL(cJSON_GetArraySize(cJSON_GetObjectItem(page, "events")), 2);
+    cJSON_Delete(page);
+    CU_ASSERT_EQUAL(store_link_reset(s), STORE_OK);
+    CU_ASSERT_EQUAL_FATAL(store_object_get(s, STORE_NODE, id, &n), STORE_OK);
+    CU_ASSERT_FALSE(cJSON_IsTrue(cJSON_GetObjectItem(n, "connected")));
+    cJSON_Delete(n);
+    /* Retention by count keeps the newest. */
+    size_t del = 0;
+    CU_ASSERT_EQUAL(store_events_prune(s, 0, 1, 0, &del), STORE_OK);
+    CU_ASSERT_EQUAL(del, 1);
+    CU_ASSERT_EQUAL_FATAL(store_events_query(s, &q, &page), STORE_OK);
+    CU_ASSERT_EQUAL(cJSON_GetArraySize(cJSON_GetObjectItem(page, "events")), 1);
+    CU_ASSERT_EQUAL(cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(page, "events"), 0),
+                                        "seq")
+                        ->valuedouble,
+                    2);
+    cJSON_Delete(page);
+    /* The high-water mark survives retention: an old seq stays old. */
+    CU_ASSERT_EQUAL(store_events_prune(s, 1LL << 62, 0, 0, &del), STORE_OK);
+    CU_ASSERT_EQUAL(del, 1);
+    CU_ASSERT_EQUAL(store_link_apply(s, &again, 1), STORE_OK);
+    CU_ASSERT_EQUAL(again.high_seq, 2);
+    cJSON_Delete(good);
+    cJSON_Delete(bad);
+    store_close(s);
+}
+
+static void test_rollout(void)
+{
+    store *s = fresh();
+    int64_t o1 = 0, o2 = 0;
+    make_node(s, "gw-a", &o1);
+    make_node(s, "gw-b", &o2);
+    int64_t newest = 0;
+    CU_ASSERT_EQUAL_FATAL(store_revision_current(s, &newest), STORE_OK);
+    store_rollout_plan p;
+    CU_ASSERT_EQUAL_FATAL(store_rollout_plan_get(s, &p), STORE_OK);
+    CU_ASSERT(p.released == newest && p.canary == 0 && p.ncanary == 0);
+    store_rollout_plan_free(&p);
+    cJSON *offices = J("[1]"), *out = NULL;
+    /* A canary needs manual mode. */
+    CU_ASSERT_EQUAL(store_rollout_canary(s, 0, offices, NULL, "tester", NULL), STORE_ECONFLICT);
+    cJSON_Delete(offices);
+    CU_ASSERT_EQUAL(store_rollout_set_mode(s, "sometimes", "tester", NULL), STORE_EINVALID);
+    CU_ASSERT_EQUAL(store_rollout_set_mode(s, "manual", "tester", NULL), STORE_OK);
+    int64_t held = newest;
+    create(s, STORE_REGION, "{\"name\": \"later\"}");
+    CU_ASSERT_EQUAL_FATAL(store_revision_current(s, &newest), STORE_OK);
+    CU_ASSERT_EQUAL_FATAL(store_rollout_plan_get(s, &p), STORE_OK);
+    CU_ASSERT_EQUAL(p.released, held);
+    store_rollout_plan_free(&p);
+    char txt[64];
+    snprintf(txt, sizeof(txt), "[%lld]", (long long)o2);
+    offices = J(txt);
+    cJSON *bad = J("[999]");
+    CU_ASSERT_EQUAL(store_rollout_canary(s, 0, bad, NULL, "tester", NULL), STORE_EINVALID);
+    CU_ASSERT_STRING_EQUAL(store_error_field(s), "offices[0]");
+    CU_ASSERT_EQUAL(store_rollout_canary(s, newest + 5, offices, NULL, "tester", NULL),
+                    STORE_ENOTFOUND);
+    CU_ASSERT_EQUAL(store_rollout_canary(s, 0, offices, NULL, "tester", &out), STORE_OK);
+    CU_ASSERT_EQUAL(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(out, "canary"), "revision")->valuedouble, newest);
+    cJSON_Delete(out);
+    CU_ASSERT_EQUAL_FATAL(store_rollout_plan_get(s, &p), STORE_OK);
+    CU_ASSERT(p.released == held && p.canary == newest && p.ncanary == 1);
+    CU_ASSERT(p.ncanary == 1 && p.canary_offices[0] == o2);
+    store_rollout_plan_free(&p);
+    CU_ASSERT_EQUAL(store_rollout_promote(s, "tester", NULL), STORE_OK);
+    CU_ASSERT_EQUAL(store_rollout_promote(s, "tester", NULL), STORE_ECONFLICT);
+    CU_ASSERT_EQUAL_FATAL(store_rollout_plan_get(s, &p), STORE_OK);
+    CU_ASSERT(p.released == newest && p.canary == 0);
+    store_rollout_plan_free(&p);
+    CU_ASSERT_EQUAL(store_rollout_canary(s, 0, offices, NULL, "tester", NULL), STORE_OK);
+    CU_ASSERT_EQUAL(store_rollout_abort(s, "tester", NULL), STORE_OK);
+    CU_ASSERT_EQUAL(store_rollout_abort(s, "tester", NULL), STORE_ECONFLICT);
+    CU_ASSERT_EQUAL(store_rollout_set_mode(s, "auto", "tester", &out), STORE_OK);
+    CU_ASSERT_STRING_EQUAL(cJSON_GetObjectItem(out, "mode")->valuestring, "auto");
+    cJSON_Delete(out);
+    cJSON *a = last_audit(s);
+    CU_ASSERT_STRING_EQUAL(cJSON_GetObjectItem(a, "action")->valuestring, "rollout-mode");
+    cJSON_Delete(a);
+    cJSON_Delete(offices);
+    cJSON_Delete(bad);
+    store_close(s);
+}
+
 int unit_register(void)
 {
     static const unit_case migrations[] = {
@@ -1555,6 +1803,9 @@ int unit_register(void)
                                       {"events at most once", test_events_at_most_once},
                                       {"events cursor", test_events_cursor},
                                       {"node state", test_node_state},
+                                      {"enrollment", test_enrollment},
+                                      {"link apply", test_link_apply},
+                                      {"rollout", test_rollout},
                                       {NULL, NULL}};
     if (suite_init() != 0)
         return -1;

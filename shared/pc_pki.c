@@ -1,0 +1,2 @@
+/* placeholder: being written */
+#include "pc_pki.h"
