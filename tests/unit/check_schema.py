@@ -56,6 +56,20 @@ def main():
             return None
         return sorted(validator.iter_errors(inst), key=lambda e: list(e.absolute_path))
 
+    # The link's messages: every "ok" wire vector is valid against
+    # schema/wire/portcullis.v1.schema.json (the parser's own tests check
+    # the refusals, which need more than a schema: ascending seq, UTF-8).
+    with open(os.path.join(root, "schema", "wire", "portcullis.v1.schema.json"), encoding="utf-8") as f:
+        wire_schema = json.load(f)
+    validator_cls.check_schema(wire_schema)
+    wire = validator_cls(wire_schema)
+    for path in sorted(glob.glob(os.path.join(root, "tests", "vectors", "wire", "ok-*.txt"))):
+        with open(path, encoding="utf-8") as f:
+            f.readline()
+            inst = json.loads(f.read())
+        errs = list(wire.iter_errors(inst))
+        report(not errs, "%s: %s" % (path, errs[0].message if errs else ""))
+
     must_pass = sorted(glob.glob(os.path.join(root, "docs", "examples", "*.json")))
     must_pass += sorted(glob.glob(os.path.join(root, "tests", "vectors", "policy", "good", "*.json")))
     for path in must_pass:
