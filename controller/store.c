@@ -4663,3 +4663,51 @@ void store_rollout_plan_free(store_rollout_plan *p)
     free(p->canary_offices);
     memset(p, 0, sizeof(*p));
 }
+
+int store_events_since(store *s, const store_event_query *q, int64_t after_id, unsigned limit,
+                       cJSON **out)
+{
+    char sql[1024];
+    sqlite3_stmt *st = NULL;
+    clear_error(s);
+    *out = NULL;
+    if (limit < 1 || limit > MAX_PAGE)
+        return invalid(s, "limit", "must be 1 to %d", MAX_PAGE);
+    snprintf(sql, sizeof(sql), "%s WHERE id > ?1%s%s%s%s%s ORDER BY id LIMIT ?8", EVENT_SELECT,
+             q->office_id ? " AND office_id = ?3" : "", q->region_id ? " AND region_id = ?4" : "",
+             q->group ? " AND group_name = ?5" : "", q->type ? " AND type = ?6" : "",
+             q->node ? " AND node = ?7" : "");
+    cJSON *rows = cJSON_CreateArray();
+    int rc = rows ? prep(s, sql, &st) : oom(s);
+    int r = SQLITE_OK;
+    if (rc == STORE_OK &&
+        ((r = sqlite3_bind_int64(st, 1, after_id)) != SQLITE_OK ||
+         (q->office_id && (r = sqlite3_bind_int64(st, 3, q->office_id)) != SQLITE_OK) ||
+         (q->region_id && (r = sqlite3_bind_int64(st, 4, q->region_id)) != SQLITE_OK) ||
+         (q->group && (r = sqlite3_bind_text(st, 5, q->group, -1, SQLITE_TRANSIENT)) != SQLITE_OK) ||
+         (q->type && (r = sqlite3_bind_text(st, 6, q->type, -1, SQLITE_TRANSIENT)) != SQLITE_OK) ||
+         (q->node && (r = sqlite3_bind_text(st, 7, q->node, -1, SQLITE_TRANSIENT)) != SQLITE_OK) ||
+         (r = sqlite3_bind_int64(st, 8, (int64_t)limit)) != SQLITE_OK))
+        rc = db_fail(s, r, "binding a value");
+    while (rc == STORE_OK && (r = sqlite3_step(st)) == SQLITE_ROW)
+        if (!jpush(rows, row_json(st, event_cols, N(event_cols))))
+            rc = oom(s);
+    if (rc == STORE_OK && r != SQLITE_DONE)
+        rc = db_fail(s, r, "reading events");
+    unprep(s, st);
+    for (cJSON *e = rc == STORE_OK ? rows->child : NULL; e; e = e->next)
+        cJSON_DeleteItemFromObjectCaseSensitive(e, "time_ms");
+    if (rc != STORE_OK) {
+        cJSON_Delete(rows);
+        return rc;
+    }
+    *out = rows;
+    return STORE_OK;
+}
+
+int store_events_last_id(store *s, int64_t *out)
+{
+    bool found;
+    clear_error(s);
+    return one_int(s, &found, out, "SELECT coalesce(max(id), 0) FROM events", "");
+}

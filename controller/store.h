@@ -418,6 +418,14 @@ typedef struct store_event_query {
 /* Events newest first: {"events": [...], "next_cursor": string or null};
  * *out is the caller's. */
 int store_events_query(store *s, const store_event_query *q, cJSON **out) STORE_WUR;
+/* The live tail: events stored after the one with id after_id (0: none
+ * yet), oldest first, matching q's filters (its time range, cursor and
+ * limit are not used), at most limit (1..1000): a JSON array, each event
+ * with its "id"; *out is the caller's. The newest id of all events is a
+ * good start: store_events_last_id. */
+int store_events_since(store *s, const store_event_query *q, int64_t after_id, unsigned limit,
+                       cJSON **out) STORE_WUR;
+int store_events_last_id(store *s, int64_t *out) STORE_WUR;
 
 /* --- internal: the generated table of embedded files, and tests ---------- */
 

@@ -1690,6 +1690,23 @@ static void test_link_apply(void)
     CU_ASSERT_EQUAL_FATAL(store_events_query(s, &q, &page), STORE_OK);
     CU_ASSERT_EQUAL(cJSON_GetArraySize(cJSON_GetObjectItem(page, "events")), 2);
     cJSON_Delete(page);
+    /* The live tail: oldest first after an id, filtered. */
+    cJSON *tail = NULL;
+    store_event_query none = {0}, other = {.node = "someone-else"};
+    CU_ASSERT_EQUAL_FATAL(store_events_since(s, &none, 0, 10, &tail), STORE_OK);
+    CU_ASSERT_EQUAL(cJSON_GetArraySize(tail), 2);
+    int64_t first = (int64_t)cJSON_GetObjectItem(cJSON_GetArrayItem(tail, 0), "id")->valuedouble;
+    CU_ASSERT_EQUAL(cJSON_GetObjectItem(cJSON_GetArrayItem(tail, 0), "seq")->valuedouble, 1);
+    cJSON_Delete(tail);
+    CU_ASSERT_EQUAL_FATAL(store_events_since(s, &none, first, 10, &tail), STORE_OK);
+    CU_ASSERT_EQUAL(cJSON_GetArraySize(tail), 1);
+    cJSON_Delete(tail);
+    CU_ASSERT_EQUAL_FATAL(store_events_since(s, &other, 0, 10, &tail), STORE_OK);
+    CU_ASSERT_EQUAL(cJSON_GetArraySize(tail), 0);
+    cJSON_Delete(tail);
+    int64_t last = 0;
+    CU_ASSERT_EQUAL(store_events_last_id(s, &last), STORE_OK);
+    CU_ASSERT_EQUAL(last, first + 1);
     CU_ASSERT_EQUAL(store_link_reset(s), STORE_OK);
     CU_ASSERT_EQUAL_FATAL(store_object_get(s, STORE_NODE, id, &n), STORE_OK);
     CU_ASSERT_FALSE(cJSON_IsTrue(cJSON_GetObjectItem(n, "connected")));
