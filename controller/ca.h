@@ -21,7 +21,9 @@ typedef struct ca {
     EVP_PKEY *key;
     char *cert_pem;                /* the CA certificate, what a node receives */
     char fingerprint[PKI_FP_HEX];  /* of cert, lower-case hex */
-    /* The hub's server certificate, issued by this CA. */
+    /* The hub's server certificate, issued by this CA, followed by the CA's
+     * certificate (the chain it presents, so a node can find the CA its
+     * token names); hub_cert_path holds the same chain. */
     char *hub_cert_pem, *hub_key_pem;
     char *cert_path, *hub_cert_path, *hub_key_path; /* files the hub's TLS loads */
 } ca;
