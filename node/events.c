@@ -2,6 +2,7 @@
  * the network (host names, reasons with detail) are escaped so a line is
  * always one valid JSON object. */
 #include "events.h"
+#include "spool.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -22,6 +23,7 @@ struct ev_sink {
     bool owned;
     char *path;
     bool warned;
+    spool *sp;
 };
 
 ev_sink *ev_sink_open(const char *path, char *err, size_t errlen)
@@ -33,7 +35,9 @@ ev_sink *ev_sink_open(const char *path, char *err, size_t errlen)
     }
     pthread_mutex_init(&s->lock, NULL);
     s->fd = STDOUT_FILENO;
-    if (path && strcmp(path, "-") != 0) {
+    if (path && strcmp(path, "none") == 0) {
+        s->fd = -1;
+    } else if (path && strcmp(path, "-") != 0) {
         s->path = strdup(path);
         s->fd = s->path ? open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640) : -1;
         if (s->fd < 0) {
@@ -61,6 +65,11 @@ int ev_sink_reopen(ev_sink *s)
     pthread_mutex_unlock(&s->lock);
     close(old);
     return 0;
+}
+
+void ev_sink_set_spool(ev_sink *s, spool *sp)
+{
+    s->sp = sp;
 }
 
 void ev_sink_close(ev_sink *s)
@@ -206,9 +215,11 @@ void ev_emit(ev_sink *s, const pc_event *e)
             return;
         ev_format(e, line, n);
     }
+    if (s->sp)
+        spool_add(s->sp, line, n - 1); /* without the newline */
     pthread_mutex_lock(&s->lock);
     size_t off = 0;
-    while (off < n) {
+    while (s->fd >= 0 && off < n) {
         ssize_t w = write(s->fd, line + off, n - off);
         if (w < 0 && errno == EINTR)
             continue;

@@ -10,13 +10,18 @@
 #include <sys/socket.h>
 
 typedef struct ev_sink ev_sink;
+typedef struct spool spool;
 
-/* path NULL or "-": stdout. The file is opened for append. Returns NULL and
+/* path NULL or "-": stdout; "none": no log (events only go to a spool set
+ * with ev_sink_set_spool). The file is opened for append. Returns NULL and
  * fills err on failure. */
 ev_sink *ev_sink_open(const char *path, char *err, size_t errlen);
 void ev_sink_close(ev_sink *s);
-/* Reopens the file (after log rotation); a no-op for stdout. */
+/* Reopens the file (after log rotation); a no-op for stdout and "none". */
 int ev_sink_reopen(ev_sink *s);
+/* Also queues every event in sp (spool_add; borrowed, must outlive the
+ * sink's use). Call before any thread emits. */
+void ev_sink_set_spool(ev_sink *s, spool *sp);
 
 typedef struct pc_event {
     const char *type;    /* "block", "exception", "allow" */
