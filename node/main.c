@@ -4,7 +4,7 @@
  * the state directory holds an enrollment, links up with the controller on
  * the main libuv loop. `portcullis-node enroll ...` enrolls the node. */
 #include "agent.h"
-#include "enroll.h"
+#include "node_enroll.h"
 #include "events.h"
 #include "pc_policy.h"
 #include "proxy.h"

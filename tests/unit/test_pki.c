@@ -4,8 +4,7 @@
  * store in a temporary directory. */
 #include "ca.h"
 #include "cu_main.h"
-/* node/ is on the test include path and has an enroll.h of its own. */
-#include "../../controller/enroll.h"
+#include "enroll.h"
 #include "pc_pki.h"
 #include "store.h"
 

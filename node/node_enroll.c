@@ -1,9 +1,9 @@
-/* enroll.c - "portcullis-node enroll" (enroll.h, docs/link.md): one HTTPS
+/* node_enroll.c - "portcullis-node enroll" (node_enroll.h, docs/link.md): one HTTPS
  * request to the controller's hub with the node's certificate request and
  * its one-time token. The hub is trusted only when its chain ends at the CA
  * whose fingerprint the token carries; nothing is written to the state
  * directory unless the controller issues a certificate. */
-#include "enroll.h"
+#include "node_enroll.h"
 
 #include "pc_pki.h"
 

@@ -1,4 +1,4 @@
-/* enroll.h - "portcullis-node enroll" (docs/link.md): makes the node's key,
+/* node_enroll.h - "portcullis-node enroll" (docs/link.md): makes the node's key,
  * sends a certificate request with the one-time token to the controller's
  * hub (verified against the CA fingerprint the token carries), and writes
  * node.key, node.crt, ca.crt and link.json into the state directory.
