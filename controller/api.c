@@ -10,7 +10,9 @@
 #include "pc_text.h"
 
 #include "compiler.h"
+#include "enroll.h"
 #include "store.h"
+#include "stream.h"
 
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
@@ -54,6 +56,10 @@ struct api {
     pthread_mutex_t lock; /* guards stores */
     store *stores[API_THREADS + 2];
     size_t nstores;
+    stream_hub *streams; /* the live tail of events */
+    hub *hub;       /* the node hub, or NULL (api_set_hub) */
+    ca *ca;         /* the CA whose fingerprint enrollment tokens carry */
+    char *hub_name; /* the host name nodes reach the hub by */
 };
 
 /* The serving thread's own store handle, opened on its first request. */
@@ -622,6 +628,13 @@ static enum MHD_Result h_openapi(req *r)
 
 /* --- handlers: policy objects (regions, offices, groups, rules, lists, nodes) */
 
+/* Every accepted policy change: the hub recompiles and pushes. */
+static void notify_policy(req *r)
+{
+    if (r->a->hub)
+        hub_notify_policy(r->a->hub);
+}
+
 /* If-Match is required on writes to an object: 428 without, 412 when it
  * does not name the object's current ETag. */
 static bool precondition(req *r, const cJSON *cur, enum MHD_Result *sent)
@@ -695,6 +708,7 @@ static enum MHD_Result h_obj_create(req *r)
     cJSON_Delete(b);
     if (rc != STORE_OK)
         return send_store_error(r, rc);
+    notify_policy(r);
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(o, "id");
     snprintf(loc, sizeof(loc), "%s/%" PRId64, r->rt->path,
              cJSON_IsNumber(id) ? (int64_t)id->valuedouble : (int64_t)0);
@@ -743,6 +757,7 @@ static enum MHD_Result obj_write(req *r, bool partial)
         sent = send_store_error(r, rc);
         goto out;
     }
+    notify_policy(r);
     etag_of(o, etag);
     sent = send_json(r, MHD_HTTP_OK, o, etag, NULL);
 out:
@@ -774,6 +789,10 @@ static enum MHD_Result h_obj_delete(req *r)
         return send_store_error(r, rc);
     if (precondition(r, cur, &sent)) {
         rc = store_object_delete(r->st, k, id, etag_num(cur), r->who.user);
+        if (rc == STORE_OK)
+            notify_policy(r);
+        if (rc == STORE_OK && k == STORE_NODE && r->a->hub)
+            hub_kick_node(r->a->hub, id); /* a deleted node's link goes too */
         sent = rc == STORE_OK ? send_no_content(r) : send_store_error(r, rc);
     }
     cJSON_Delete(cur);
@@ -838,6 +857,7 @@ static enum MHD_Result h_settings_put(req *r)
         sent = send_store_error(r, rc);
         goto out;
     }
+    notify_policy(r);
     etag_of(o, etag);
     sent = send_json(r, MHD_HTTP_OK, o, etag, NULL);
 out:
@@ -914,6 +934,7 @@ static enum MHD_Result h_revision_rollback(req *r)
     int rc = store_rollback(r->st, id, r->who.user, &rev);
     if (rc != STORE_OK)
         return send_store_error(r, rc);
+    notify_policy(r);
     cJSON *o = cJSON_CreateObject();
     if (!o || !cJSON_AddNumberToObject(o, "revision", (double)rev) ||
         !cJSON_AddNumberToObject(o, "restored", (double)id)) {
@@ -974,6 +995,56 @@ static enum MHD_Result h_events(req *r)
     q.limit = (unsigned)limit;
     int rc = store_events_query(r->st, &q, &o);
     return rc == STORE_OK ? send_json(r, MHD_HTTP_OK, o, NULL, NULL) : send_store_error(r, rc);
+}
+
+static store *stream_store(void *arg);
+
+/* The live tail (stream.h): the filters of h_events but the time range,
+ * and where to start: the event after Last-Event-ID (what a reconnecting
+ * EventSource sends) or "after", else the events stored from now on. */
+static enum MHD_Result h_events_stream(req *r)
+{
+    static const char *const params[] = {"office", "region", "group", "type", "node", "after",
+                                         NULL};
+    enum MHD_Result sent = MHD_NO;
+    store_event_query q = {0};
+    int64_t after = -1;
+    const char *after_txt = NULL;
+    if (!query_known(r, params, &sent) ||
+        !query_parse(r, "office", Q_ID, &q.office_id, NULL, &sent) ||
+        !query_parse(r, "region", Q_ID, &q.region_id, NULL, &sent) ||
+        !query_parse(r, "group", Q_TEXT, NULL, &q.group, &sent) ||
+        !query_parse(r, "type", Q_TEXT, NULL, &q.type, &sent) ||
+        !query_parse(r, "node", Q_TEXT, NULL, &q.node, &sent) ||
+        !query_parse(r, "after", Q_TEXT, NULL, &after_txt, &sent))
+        return sent;
+    if (q.type && strcmp(q.type, "block") != 0 && strcmp(q.type, "exception") != 0 &&
+        strcmp(q.type, "allow") != 0)
+        return send_error(r, MHD_HTTP_UNPROCESSABLE_CONTENT, "invalid", "type",
+                          "query parameter 'type' must be block, exception or allow");
+    const char *last = MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, "Last-Event-ID");
+    const char *start = last ? last : after_txt;
+    if (start) {
+        char *end;
+        errno = 0;
+        long long v = strtoll(start, &end, 10);
+        if (errno || *end || end == start || v < 0)
+            return send_error(r, MHD_HTTP_UNPROCESSABLE_CONTENT, "invalid",
+                              last ? "Last-Event-ID" : "after",
+                              "must be the id of an event (a non-negative integer)");
+        after = v;
+    } else if (store_events_last_id(r->st, &after) != STORE_OK) {
+        return send_store_error(r, STORE_ERR);
+    }
+    if (!r->a->streams)
+        return send_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "busy", NULL,
+                          "the live tail is not running");
+    struct MHD_Response *resp = stream_response(r->a->streams, r->c, &q, after);
+    if (!resp)
+        return MHD_NO;
+    enum MHD_Result ret = MHD_queue_response(r->c, MHD_HTTP_OK, resp);
+    MHD_destroy_response(resp);
+    return ret;
 }
 
 /* --- handlers: compiled documents, explain ----------------------------------- */
@@ -1327,6 +1398,300 @@ static enum MHD_Result h_token_delete(req *r)
     return rc == STORE_OK ? send_no_content(r) : send_store_error(r, rc);
 }
 
+/* --- handlers: node link (enrollment, revocation, rollout, hub) -------------- */
+
+static bool hub_ready(req *r, enum MHD_Result *sent)
+{
+    if (r->a->hub && r->a->ca)
+        return true;
+    *sent = send_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "hub_unavailable", NULL,
+                       "the node hub is not running");
+    return false;
+}
+
+/* The node of the URL, which must exist; *node (optional) is the caller's. */
+static bool url_node(req *r, int64_t *id, cJSON **node, enum MHD_Result *sent)
+{
+    cJSON *o = NULL;
+    int rc;
+    if (!parse_id(r->idseg, id)) {
+        *sent = send_error(r, MHD_HTTP_NOT_FOUND, "not_found", NULL, "no node '%s'", r->idseg);
+        return false;
+    }
+    if ((rc = store_object_get(r->st, STORE_NODE, *id, &o)) != STORE_OK) {
+        *sent = send_store_error(r, rc);
+        return false;
+    }
+    if (node)
+        *node = o;
+    else
+        cJSON_Delete(o);
+    return true;
+}
+
+static void wipe_string_member(cJSON *o, const char *name)
+{
+    cJSON *t = cJSON_GetObjectItemCaseSensitive(o, name);
+    if (cJSON_IsString(t))
+        explicit_bzero(t->valuestring, strlen(t->valuestring));
+}
+
+/* POST {"ttl_seconds"?}: a one-time token for the node and the command that
+ * uses it. The secret exists only in this answer. */
+static enum MHD_Result h_enroll_create(req *r)
+{
+    static const char *const fields[] = {"ttl_seconds", NULL};
+    enum MHD_Result sent = MHD_NO;
+    cJSON *b = NULL, *o = NULL;
+    char *secret = NULL, *token = NULL, *command = NULL, loc[96];
+    int64_t id, ttl = 86400;
+    int rc;
+    if (r->len > 0 && (!(b = body_object(r, &sent)) || !fields_known(r, b, fields, &sent) ||
+                       !int_field(r, b, "ttl_seconds", false, 60, 604800, &ttl, &sent)))
+        goto out;
+    if (!hub_ready(r, &sent) || !url_node(r, &id, NULL, &sent))
+        goto out;
+    rc = store_enroll_token_create(r->st, id, ttl, r->who.user, &secret, &o);
+    if (rc != STORE_OK) {
+        sent = send_store_error(r, rc);
+        goto out;
+    }
+    bool v6 = strchr(r->a->hub_name, ':') && r->a->hub_name[0] != '[';
+    if (!(token = enroll_token_format(secret, r->a->ca->fingerprint)) ||
+        asprintf(&command, "portcullis-node enroll --controller https://%s%s%s:%u --token %s",
+                 v6 ? "[" : "", r->a->hub_name, v6 ? "]" : "", (unsigned)hub_port(r->a->hub),
+                 token) < 0) {
+        command = NULL;
+        sent = send_internal(r, "out of memory");
+        goto out;
+    }
+    if (!cJSON_AddStringToObject(o, "token", token) ||
+        !cJSON_AddStringToObject(o, "command", command)) {
+        sent = MHD_NO;
+        goto out;
+    }
+    snprintf(loc, sizeof(loc), "/api/v1/nodes/%" PRId64 "/enrollment", id);
+    char *text = cJSON_PrintUnformatted(o);
+    sent = text ? send_text(r, MHD_HTTP_CREATED, text, NULL, loc, NULL) : MHD_NO;
+out:
+    if (o) {
+        wipe_string_member(o, "token");
+        wipe_string_member(o, "command");
+        cJSON_Delete(o);
+    }
+    if (command) {
+        explicit_bzero(command, strlen(command));
+        free(command);
+    }
+    if (token) {
+        explicit_bzero(token, strlen(token));
+        free(token);
+    }
+    if (secret) {
+        explicit_bzero(secret, strlen(secret));
+        free(secret);
+    }
+    cJSON_Delete(b);
+    return sent;
+}
+
+static enum MHD_Result h_enroll_list(req *r)
+{
+    enum MHD_Result sent = MHD_NO;
+    cJSON *items = NULL;
+    int64_t id;
+    if (!url_node(r, &id, NULL, &sent))
+        return sent;
+    int rc = store_enroll_token_list(r->st, id, &items);
+    return rc == STORE_OK ? send_items(r, items) : send_store_error(r, rc);
+}
+
+static enum MHD_Result h_enroll_expire(req *r)
+{
+    enum MHD_Result sent = MHD_NO;
+    int64_t id;
+    if (!url_node(r, &id, NULL, &sent))
+        return sent;
+    int rc = store_enroll_token_expire(r->st, id, r->who.user, NULL);
+    return rc == STORE_OK ? send_no_content(r) : send_store_error(r, rc);
+}
+
+/* Refuses the node's certificate from now on and closes its link. */
+static enum MHD_Result h_node_revoke(req *r)
+{
+    enum MHD_Result sent = MHD_NO;
+    cJSON *o = NULL;
+    int64_t id;
+    char etag[32];
+    if (!empty_body(r, &sent) || !url_node(r, &id, NULL, &sent))
+        return sent;
+    int rc = store_node_revoke(r->st, id, r->who.user);
+    if (rc != STORE_OK)
+        return send_store_error(r, rc);
+    if (r->a->hub)
+        hub_kick_node(r->a->hub, id);
+    if ((rc = store_object_get(r->st, STORE_NODE, id, &o)) != STORE_OK)
+        return send_store_error(r, rc);
+    etag_of(o, etag);
+    return send_json(r, MHD_HTTP_OK, o, etag, NULL);
+}
+
+static enum MHD_Result h_rollout_get(req *r)
+{
+    cJSON *o = NULL;
+    int rc = store_rollout_get(r->st, &o);
+    return rc == STORE_OK ? send_json(r, MHD_HTTP_OK, o, NULL, NULL) : send_store_error(r, rc);
+}
+
+/* A rollout change took effect: answer with the rollout, push. */
+static enum MHD_Result rollout_done(req *r, int rc, cJSON *o)
+{
+    if (rc != STORE_OK) {
+        cJSON_Delete(o);
+        return send_store_error(r, rc);
+    }
+    notify_policy(r);
+    if (!o && (rc = store_rollout_get(r->st, &o)) != STORE_OK)
+        return send_store_error(r, rc);
+    return send_json(r, MHD_HTTP_OK, o, NULL, NULL);
+}
+
+static enum MHD_Result h_rollout_put(req *r)
+{
+    static const char *const fields[] = {"mode", NULL};
+    enum MHD_Result sent = MHD_NO;
+    cJSON *b = body_object(r, &sent), *o = NULL;
+    const char *mode;
+    if (!b)
+        return sent;
+    if (!fields_known(r, b, fields, &sent) ||
+        !string_field(r, b, "mode", true, 1, 16, &mode, &sent))
+        goto out;
+    if (strcmp(mode, "auto") != 0 && strcmp(mode, "manual") != 0) {
+        sent = send_error(r, MHD_HTTP_UNPROCESSABLE_CONTENT, "invalid", "mode",
+                          "mode must be 'auto' or 'manual'");
+        goto out;
+    }
+    int rc = store_rollout_set_mode(r->st, mode, r->who.user, &o);
+    sent = rollout_done(r, rc, o);
+out:
+    cJSON_Delete(b);
+    return sent;
+}
+
+/* An array member of ids: absent is an empty array (*out the caller's). */
+static bool id_array(req *r, const cJSON *b, const char *name, cJSON **out, enum MHD_Result *sent)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(b, name);
+    int i = 0;
+    *out = NULL;
+    if (v && !cJSON_IsArray(v)) {
+        *sent = send_error(r, MHD_HTTP_UNPROCESSABLE_CONTENT, "wrong_type", name,
+                           "field '%s' must be an array of ids", name);
+        return false;
+    }
+    for (const cJSON *it = v ? v->child : NULL; it; it = it->next, i++) {
+        int64_t id;
+        if (!json_int(it, 1, INT64_C(999999999999999), &id)) {
+            char field[64];
+            snprintf(field, sizeof(field), "%s[%d]", name, i);
+            *sent = send_error(r, MHD_HTTP_UNPROCESSABLE_CONTENT, "invalid", field,
+                               "field '%s' must be a positive integer id", field);
+            return false;
+        }
+    }
+    *out = v ? cJSON_Duplicate(v, true) : cJSON_CreateArray();
+    if (!*out)
+        *sent = MHD_NO;
+    return *out != NULL;
+}
+
+/* {"revision"?, "offices"?, "regions"?}: release a revision to some offices
+ * first (manual mode). */
+static enum MHD_Result h_rollout_canary(req *r)
+{
+    static const char *const fields[] = {"revision", "offices", "regions", NULL};
+    enum MHD_Result sent = MHD_NO;
+    cJSON *b = body_object(r, &sent), *offices = NULL, *regions = NULL, *o = NULL;
+    int64_t rev = 0;
+    if (!b)
+        return sent;
+    if (fields_known(r, b, fields, &sent) &&
+        int_field(r, b, "revision", false, 1, INT64_C(999999999999999), &rev, &sent) &&
+        id_array(r, b, "offices", &offices, &sent) && id_array(r, b, "regions", &regions, &sent)) {
+        int rc = store_rollout_canary(r->st, rev, offices, regions, r->who.user, &o);
+        sent = rollout_done(r, rc, o);
+    }
+    cJSON_Delete(regions);
+    cJSON_Delete(offices);
+    cJSON_Delete(b);
+    return sent;
+}
+
+static enum MHD_Result h_rollout_promote(req *r)
+{
+    enum MHD_Result sent = MHD_NO;
+    cJSON *o = NULL;
+    if (!empty_body(r, &sent))
+        return sent;
+    int rc = store_rollout_promote(r->st, r->who.user, &o);
+    return rollout_done(r, rc, o);
+}
+
+static enum MHD_Result h_rollout_abort(req *r)
+{
+    enum MHD_Result sent = MHD_NO;
+    cJSON *o = NULL;
+    if (!empty_body(r, &sent))
+        return sent;
+    int rc = store_rollout_abort(r->st, r->who.user, &o);
+    return rollout_done(r, rc, o);
+}
+
+/* The hub's counters. */
+static enum MHD_Result h_hub(req *r)
+{
+    enum MHD_Result sent = MHD_NO;
+    hub_stats st;
+    if (!hub_ready(r, &sent))
+        return sent;
+    hub_get_stats(r->a->hub, &st);
+    cJSON *o = cJSON_CreateObject();
+    const struct {
+        const char *name;
+        uint64_t v;
+    } f[] = {
+        {"port", hub_port(r->a->hub)},
+        {"connected", st.connected},
+        {"refused", st.refused},
+        {"bad_messages", st.bad_messages},
+        {"events_received", st.events_received},
+        {"events_stored", st.events_stored},
+        {"events_held", st.events_held},
+        {"policies_sent", st.policies_sent},
+        {"acks_applied", st.acks_applied},
+        {"acks_failed", st.acks_failed},
+        {"enrollments", st.enrollments},
+        {"enrollments_refused", st.enrollments_refused},
+    };
+    bool ok = o && cJSON_AddStringToObject(o, "name", r->a->hub_name) &&
+              cJSON_AddStringToObject(o, "ca_fingerprint", r->a->ca->fingerprint);
+    for (size_t i = 0; ok && i < sizeof(f) / sizeof(f[0]); i++)
+        ok = cJSON_AddNumberToObject(o, f[i].name, (double)f[i].v) != NULL;
+    if (!ok) {
+        cJSON_Delete(o);
+        return MHD_NO;
+    }
+    return send_json(r, MHD_HTTP_OK, o, NULL, NULL);
+}
+
+/* POST routes whose body may be left out (an empty object is fine too). */
+static bool body_optional(const route *rt)
+{
+    return rt->fn == h_revision_rollback || rt->fn == h_enroll_create || rt->fn == h_node_revoke ||
+           rt->fn == h_rollout_promote || rt->fn == h_rollout_abort;
+}
+
 /* --- routing ---------------------------------------------------------------- */
 
 #define V STORE_ROLE_VIEWER
@@ -1389,6 +1754,7 @@ static const route routes[] = {
     {"/api/v1/revisions/{id}/rollback", "POST", O, h_revision_rollback, -1},
     {"/api/v1/audit", "GET", V, h_audit, -1},
     {"/api/v1/events", "GET", V, h_events, -1},
+    {"/api/v1/events/stream", "GET", V, h_events_stream, -1},
     {"/api/v1/explain", "POST", V, h_explain, -1},
     {"/api/v1/dry-run", "POST", O, h_dry_run, -1},
     {"/api/v1/users", "GET", A, h_users_list, -1},
@@ -1399,6 +1765,16 @@ static const route routes[] = {
     {"/api/v1/tokens", "POST", A, h_tokens_create, -1},
     {"/api/v1/tokens/{id}", "GET", A, h_token_get, -1},
     {"/api/v1/tokens/{id}", "DELETE", A, h_token_delete, -1},
+    {"/api/v1/nodes/{id}/enrollment", "GET", O, h_enroll_list, STORE_NODE},
+    {"/api/v1/nodes/{id}/enrollment", "POST", O, h_enroll_create, STORE_NODE},
+    {"/api/v1/nodes/{id}/enrollment", "DELETE", O, h_enroll_expire, STORE_NODE},
+    {"/api/v1/nodes/{id}/revoke", "POST", O, h_node_revoke, STORE_NODE},
+    {"/api/v1/rollout", "GET", V, h_rollout_get, -1},
+    {"/api/v1/rollout", "PUT", O, h_rollout_put, -1},
+    {"/api/v1/rollout/canary", "POST", O, h_rollout_canary, -1},
+    {"/api/v1/rollout/promote", "POST", O, h_rollout_promote, -1},
+    {"/api/v1/rollout/abort", "POST", O, h_rollout_abort, -1},
+    {"/api/v1/hub", "GET", V, h_hub, -1},
 };
 #undef V
 #undef O
@@ -1496,7 +1872,7 @@ static enum MHD_Result dispatch(req *r)
             return ar;
     }
     bool wants_body = !strcmp(r->method, "PUT") || !strcmp(r->method, "PATCH") ||
-                      (!strcmp(r->method, "POST") && rt->fn != h_revision_rollback);
+                      (!strcmp(r->method, "POST") && !body_optional(rt));
     if ((wants_body || r->len > 0) && !content_type_json(r))
         return send_error(r, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", NULL,
                           "send the body as Content-Type: application/json");
@@ -1521,6 +1897,16 @@ static store *thread_store(api *a)
     if (!st)
         fprintf(stderr, "portcullis-controller: a serving thread cannot open the database\n");
     return t_store = st;
+}
+
+static store *stream_store(void *arg)
+{
+    return thread_store(arg);
+}
+
+static void stream_stored(void *arg)
+{
+    stream_wake(arg);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
@@ -1723,7 +2109,14 @@ int api_start(api *a, const api_options *o, char *err, size_t errlen)
     if (api_parse_listen(o->listen, &ss, &sslen, err, errlen) != 0)
         return -1;
     a->body_max = o->body_max ? o->body_max : API_BODY_MAX;
-    unsigned flags = MHD_USE_TLS | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_TLS | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG |
+                     MHD_ALLOW_SUSPEND_RESUME;
+    if (!a->streams && !(a->streams = stream_hub_new(stream_store, a))) {
+        snprintf(err, errlen, "cannot start the live tail of events");
+        return -1;
+    }
+    if (a->hub)
+        hub_set_stored_listener(a->hub, stream_stored, a->streams);
     if (MHD_is_feature_supported(MHD_FEATURE_EPOLL) == MHD_YES)
         flags |= MHD_USE_EPOLL;
     else
@@ -1748,6 +2141,18 @@ int api_start(api *a, const api_options *o, char *err, size_t errlen)
     return 0;
 }
 
+int api_set_hub(api *a, hub *h, ca *c, const char *hub_name)
+{
+    char *name = strdup(hub_name);
+    if (!name)
+        return -1;
+    free(a->hub_name);
+    a->hub_name = name;
+    a->hub = h;
+    a->ca = c;
+    return 0;
+}
+
 uint16_t api_port(const api *a)
 {
     return a->port;
@@ -1757,12 +2162,18 @@ void api_free(api *a)
 {
     if (!a)
         return;
+    if (a->hub)
+        hub_set_stored_listener(a->hub, NULL, NULL);
+    /* Suspended streams are resumed and finish before the daemon stops. */
+    stream_hub_stop(a->streams);
     if (a->mhd)
         MHD_stop_daemon(a->mhd); /* joins the serving threads */
+    stream_hub_free(a->streams);
     for (size_t i = 0; i < a->nstores; i++)
         store_close(a->stores[i]);
     store_close(a->st);
     pthread_mutex_destroy(&a->lock);
+    free(a->hub_name);
     free(a->db_path);
     free(a);
 }

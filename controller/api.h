@@ -7,6 +7,8 @@
 #ifndef PORTCULLIS_API_H
 #define PORTCULLIS_API_H
 
+#include "hub.h"
+
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -51,6 +53,14 @@ API_WUR int api_open(const char *db_path, api **out, char *err, size_t errlen);
  * 0 when the database existed before (never again), -1 with err. */
 API_WUR int api_bootstrap_admin(api *a, const char *env_token, char **token_out, char *err,
                                 size_t errlen);
+
+/* Connects the API to the node hub (call before api_start): enrollment
+ * tokens carry c's fingerprint and their command names the hub as
+ * https://hub_name:<hub port>; revocations close the node's link and every
+ * policy change is pushed. h and c are the caller's and must outlive a;
+ * hub_name is copied. Without it the node link routes answer 503. Returns 0,
+ * or -1 when memory runs out. */
+API_WUR int api_set_hub(api *a, hub *h, ca *c, const char *hub_name);
 
 /* Starts serving. Returns 0, or -1 with err (address in use, bad PEM...). */
 API_WUR int api_start(api *a, const api_options *o, char *err, size_t errlen);

@@ -29,7 +29,8 @@ typedef struct hub_options {
     unsigned max_nodes;   /* connections at once; 0 = 10000 */
     unsigned ping_s;      /* ping interval; 0 = 30 */
     /* Events held in memory (received, not yet stored), all nodes
-     * together; credit is granted from it. 0 = 50000. */
+     * together; credit is granted from it. 0 = 25000 (as parsed JSON an
+     * event takes about 2.5 KiB). */
     unsigned event_budget;
     /* Retention: events older than this many days (0 = keep) and beyond
      * this count (0 = no limit) are deleted by the writer. */
@@ -48,6 +49,12 @@ void hub_notify_policy(hub *h);
 /* Node node_id was revoked or re-enrolled: close its connection now. Any
  * thread. */
 void hub_kick_node(hub *h, int64_t node_id);
+
+/* fn(arg) is called on the writer thread after each transaction that stored
+ * new events (the live tail wakes its streams). Set it before events can
+ * arrive: right after hub_start. fn NULL removes it; when that call returns
+ * the old fn is not running and will not run again. */
+void hub_set_stored_listener(hub *h, void (*fn)(void *arg), void *arg);
 
 /* Counters for GET /api/v1/hub and the benchmark. */
 typedef struct hub_stats {

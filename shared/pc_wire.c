@@ -179,7 +179,7 @@ static int parse_events(pctx *c, const cJSON *r, pcw_msg *m)
         snprintf(path, sizeof(path), "$.events[%zu]", i);
         if (!cJSON_IsObject(e))
             return bad(c, "%s: must be an object", path);
-        int64_t seq;
+        int64_t seq = 0;
         if (want_int(c, e, "seq", path, 1, &seq) != 0)
             return -1;
         if (seq <= prev)

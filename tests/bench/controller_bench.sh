@@ -51,11 +51,11 @@ load_s=$(result "$work/load.out" load_s)
 
 echo "== REST reads (wrk -t2 -c32 -d$duration over HTTPS) =="
 PORTCULLIS_ADMIN_TOKEN=$token "$build/controller/portcullis-controller" --db "$db" \
-    --listen 127.0.0.1:0 >"$work/ctl.out" 2>&1 </dev/null &
+    --listen 127.0.0.1:0 --hub-listen 127.0.0.1:0 >"$work/ctl.out" 2>&1 </dev/null &
 ctl=$!
 port=""
 for _ in $(seq 1 200); do
-    port=$(sed -n 's/.*listening on .*(port \([0-9]*\)).*/\1/p' "$work/ctl.out")
+    port=$(sed -n 's/^portcullis-controller: listening on .*(port \([0-9]*\)).*/\1/p' "$work/ctl.out")
     [ -n "$port" ] && break
     kill -0 "$ctl" 2>/dev/null || { cat "$work/ctl.out" >&2; exit 1; }
     sleep 0.05
