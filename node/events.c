@@ -24,6 +24,14 @@ struct ev_sink {
     char *path;
     bool warned;
     spool *sp;
+    /* Blocks counted by reason for the stats message; a reason past the
+     * table's end counts as "other". Under lock. */
+    struct {
+        char reason[EV_REASON_MAX];
+        uint64_t n;
+    } by_reason[EV_REASONS];
+    size_t nreasons;
+    uint64_t other;
 };
 
 ev_sink *ev_sink_open(const char *path, char *err, size_t errlen)
@@ -204,6 +212,32 @@ size_t ev_format(const pc_event *e, char *buf, size_t buflen)
     return b.len;
 }
 
+/* Under s->lock. */
+static void count_reason(ev_sink *s, const char *reason)
+{
+    for (size_t i = 0; i < s->nreasons; i++)
+        if (strcmp(s->by_reason[i].reason, reason) == 0) {
+            s->by_reason[i].n++;
+            return;
+        }
+    if (s->nreasons < EV_REASONS && strlen(reason) < EV_REASON_MAX) {
+        snprintf(s->by_reason[s->nreasons].reason, EV_REASON_MAX, "%s", reason);
+        s->by_reason[s->nreasons++].n = 1;
+        return;
+    }
+    s->other++;
+}
+
+void ev_sink_blocks_by_reason(ev_sink *s, cJSON *out)
+{
+    pthread_mutex_lock(&s->lock);
+    for (size_t i = 0; i < s->nreasons; i++)
+        cJSON_AddNumberToObject(out, s->by_reason[i].reason, (double)s->by_reason[i].n);
+    if (s->other)
+        cJSON_AddNumberToObject(out, "other", (double)s->other);
+    pthread_mutex_unlock(&s->lock);
+}
+
 void ev_emit(ev_sink *s, const pc_event *e)
 {
     char stack[2048];
@@ -218,6 +252,8 @@ void ev_emit(ev_sink *s, const pc_event *e)
     if (s->sp)
         spool_add(s->sp, line, n - 1); /* without the newline */
     pthread_mutex_lock(&s->lock);
+    if (e->type && strcmp(e->type, "block") == 0 && e->reason)
+        count_reason(s, e->reason);
     size_t off = 0;
     while (s->fd >= 0 && off < n) {
         ssize_t w = write(s->fd, line + off, n - off);

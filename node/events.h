@@ -6,6 +6,7 @@
 #ifndef PORTCULLIS_EVENTS_H
 #define PORTCULLIS_EVENTS_H
 
+#include <cjson/cJSON.h>
 #include <stdint.h>
 #include <sys/socket.h>
 
@@ -36,6 +37,14 @@ typedef struct pc_event {
     uint64_t policy_version;
     uint64_t bytes_up, bytes_down;
 } pc_event;
+
+/* Distinct block reasons counted (the stats message's blocks_by_reason),
+ * and the longest reason code kept; more, or longer, count as "other". */
+#define EV_REASONS 128
+#define EV_REASON_MAX 48
+
+/* Adds {reason: blocks since start} to out (an object); thread-safe. */
+void ev_sink_blocks_by_reason(ev_sink *s, cJSON *out);
 
 /* Writes one line; thread-safe; never fails the caller (a failed write is
  * counted and reported on stderr once). */

@@ -164,6 +164,9 @@ static void hook_counters(void *arg, cJSON *c)
     cJSON_AddNumberToObject(c, "refused_limit", (double)st.refused_limit);
     cJSON_AddNumberToObject(c, "bytes_up", (double)st.bytes_up);
     cJSON_AddNumberToObject(c, "bytes_down", (double)st.bytes_down);
+    cJSON *br = cJSON_AddObjectToObject(c, "blocks_by_reason");
+    if (br)
+        ev_sink_blocks_by_reason(n->events, br);
     if (n->ag) {
         agent_status as;
         agent_get_status(n->ag, &as);

@@ -406,6 +406,19 @@ class TestEnrollment(LinkTest):
         self.assertEqual(ev["node"], "berlin-gw1")
         self.assertEqual(ev["policy_version"], rev2)
 
+        # Counters reach the controller with the answer to the ping that
+        # follows every ack: blocks by reason, bytes, the spool, the link.
+        rev3 = self.block_domain("another.example")
+        self.wait_enforced(n, rev3)
+
+        def stats():
+            st_ = self.c.node(n.id).get("stats") or {}
+            return st_.get("blocks_by_reason", {}).get("blocked-domain", 0) >= 1 and st_
+        st_ = wait_for("the node's counters at the controller", stats)
+        self.assertGreaterEqual(st_["blocked"], 1)
+        self.assertEqual(st_["agent"]["connected"], 1)
+        self.assertIn("spool_pending", st_)
+
     def test_refused_tokens(self):
         node_id = self.c.ok("POST", "/api/v1/nodes", {"name": "gw-t", "office_id": self.office("Paris")})["id"]
         n = Node(self.tmp, "gw-t")
