@@ -4506,7 +4506,7 @@ static int want_ids(store *s, const cJSON *v, const char *field, const char *sql
         return invalid(s, field, "must be an array of %s ids", what);
     for (const cJSON *e = v->child; e; e = e->next, i++) {
         snprintf(f, sizeof(f), "%s[%zu]", field, i);
-        int64_t id;
+        int64_t id = 0;
         int rc = want_ref(s, e, f, sql, what, &id);
         if (rc != STORE_OK)
             return rc;

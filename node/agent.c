@@ -494,7 +494,8 @@ static void link_close(agent *a, int code, const char *reason)
     if (a->state != LINK_OPEN || !a->wsi || a->close_code)
         return;
     a->close_code = code;
-    snprintf(a->close_reason, sizeof(a->close_reason), "%s", reason);
+    snprintf(a->close_reason, sizeof(a->close_reason), "%.*s", (int)sizeof(a->close_reason) - 1,
+             reason);
     snprintf(a->down_reason, sizeof(a->down_reason), "%s", reason);
     lws_callback_on_writable(a->wsi);
 }

@@ -278,7 +278,7 @@ int pcw_parse(const char *buf, size_t len, pcw_msg *out, char *err, size_t errle
         bad(&c, "$: must be an object");
         goto done;
     }
-    int64_t v;
+    int64_t v = 0;
     const char *type;
     if (want_str(&c, r, "type", "$", 1, 32, false, &type) != 0 ||
         want_int(&c, r, "v", "$", 0, &v) != 0)

@@ -36,7 +36,7 @@ static void test_vectors(void)
         if (!strstr(de->d_name, ".txt"))
             continue;
         char path[512];
-        size_t len;
+        size_t len = 0;
         snprintf(path, sizeof(path), "%s/%s", WIRE_DIR, de->d_name);
         char *buf = slurp(path, &len);
         CU_ASSERT_PTR_NOT_NULL_FATAL(buf);
