@@ -819,6 +819,16 @@ static void install_table(hub *h, ptable *t)
         if (c->state == C_READY && push_if_needed(h, c))
             record_versions(h, c);
     }
+    /* The nodes not connected now get it when they are: until then the
+     * store shows it as pending for them. */
+    for (size_t i = 0; i < t->ndocs; i++) {
+        witem *w = witem_new(STORE_LINK_OFFICE_PENDING, 0, NULL);
+        if (!w)
+            break;
+        w->op.office_id = t->docs[i].office_id;
+        w->op.pending = t->docs[i].version;
+        writer_push(h, w);
+    }
 }
 
 /* --- messages from a node (lws thread) ------------------------------------------ */

@@ -4290,6 +4290,11 @@ static int link_op(store *s, store_link_op *op, int64_t now)
         return node_update(s, op->node_id,
                            "UPDATE nodes SET connected = 0, last_seen = ?2 WHERE id = ?1", "ii",
                            op->time_ms, 0, NULL);
+    case STORE_LINK_OFFICE_PENDING:
+        return run(s, "recording pending versions",
+                   "UPDATE nodes SET pending_version = ?2 WHERE office_id = ?1 AND connected = 0 "
+                   "AND coalesce(enforced_version, 0) <> ?2 AND coalesce(pending_version, 0) <> ?2",
+                   "ii", op->office_id, op->pending);
     }
     return invalid(s, "kind", "unknown link operation %d", (int)op->kind);
 }

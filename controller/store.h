@@ -326,11 +326,16 @@ typedef enum {
     STORE_LINK_STATS,      /* node_id, time_ms, stats (JSON text) */
     STORE_LINK_SEEN,       /* node_id, time_ms */
     STORE_LINK_GONE,       /* node_id, time_ms: the connection closed */
+    /* office_id, pending: a document of this version was made for the
+     * office; every node of it that is not connected and does not enforce
+     * it shows it as pending (a push that cannot reach a node is visible). */
+    STORE_LINK_OFFICE_PENDING,
 } store_link_kind;
 
 typedef struct store_link_op {
     store_link_kind kind;
     int64_t node_id;
+    int64_t office_id;   /* OFFICE_PENDING */
     const char *node;    /* EVENTS: the node's name */
     const cJSON *events; /* EVENTS: the array as the node sent it */
     int64_t dropped;     /* EVENTS: the spool's drop count, kept with the node */

@@ -622,6 +622,20 @@ class TestFailures(LinkTest):
         n.wait_log("controller link up")
         self.wait_delivered(n)
 
+    def test_offline_node_shows_pending(self):
+        n = self.new_node("gw-away")
+        base = self.c.revision()
+        self.wait_enforced(n, base)
+        n.stop()
+        wait_for("the node to be seen disconnected", lambda: not self.c.node(n.id)["connected"])
+        rev = self.block_domain("while-away.example")
+        info = wait_for("the missed push to show as pending",
+                        lambda: self.c.node(n.id)["pending_version"] == rev and self.c.node(n.id))
+        self.assertEqual(info["enforced_version"], base)
+        n.start()
+        info = self.wait_enforced(n, rev)
+        self.assertIsNone(info["pending_version"])
+
     def test_outage_with_10000_events(self):
         n = self.new_node("gw-o")
         self.wait_enforced(n, self.c.revision())
