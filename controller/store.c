@@ -3389,6 +3389,12 @@ int store_node_set_enrollment(store *s, int64_t id, const char *state, const cha
     if (rc == STORE_OK)
         rc = run(s, "updating the node", "UPDATE nodes SET enrollment = ?2 WHERE id = ?1", "it", id,
                  state);
+    /* A revoked node comes back only with a token made after the revocation. */
+    if (rc == STORE_OK && strcmp(state, "revoked") == 0)
+        rc = run(s, "expiring enrollment tokens",
+                 "UPDATE enrollment_tokens SET expires_at = ?2 WHERE node_id = ?1 AND used_at IS "
+                 "NULL AND expires_at > ?2",
+                 "ii", id, now_ms());
     if (rc == STORE_OK)
         rc = obj_load(s, &ot_node, true, id, &after);
     snprintf(oid, sizeof(oid), "%lld", (long long)id);
@@ -3481,6 +3487,16 @@ static int ev_int(store *s, sqlite3_stmt *st, int idx, const cJSON *ev, const ch
     return rc;
 }
 
+/* A port: 1..65535, or null (or 0, which nodes before 0.3 wrote) when the
+ * event happened before one was known. */
+static int ev_port(store *s, sqlite3_stmt *st, int idx, const cJSON *ev, const char *key, size_t i)
+{
+    const cJSON *v = get(ev, key);
+    if (cJSON_IsNumber(v) && v->valuedouble == 0)
+        return sqlite3_bind_null(st, idx) == SQLITE_OK ? STORE_OK : oom(s);
+    return ev_int(s, st, idx, ev, key, i, 1, 65535, true);
+}
+
 static int ev_bind(store *s, sqlite3_stmt *st, const cJSON *ev, size_t i)
 {
     static const char *const types[] = {"block", "exception", "allow", NULL};
@@ -3541,13 +3557,13 @@ static int ev_bind(store *s, sqlite3_stmt *st, const cJSON *ev, size_t i)
     if (rc == STORE_OK)
         rc = ev_text(s, st, 8, ev, "source", i, MAX_TEXT);
     if (rc == STORE_OK)
-        rc = ev_int(s, st, 9, ev, "source_port", i, 1, 65535, true);
+        rc = ev_port(s, st, 9, ev, "source_port", i);
     if (rc == STORE_OK)
         rc = ev_text(s, st, 10, ev, "destination", i, MAX_TEXT);
     if (rc == STORE_OK)
         rc = ev_text(s, st, 11, ev, "destination_address", i, MAX_TEXT);
     if (rc == STORE_OK)
-        rc = ev_int(s, st, 12, ev, "port", i, 1, 65535, true);
+        rc = ev_port(s, st, 12, ev, "port", i);
     if (rc == STORE_OK)
         rc = ev_text(s, st, 13, ev, "protocol", i, 16);
     if (rc == STORE_OK)
@@ -4142,7 +4158,8 @@ int store_node_identity_get(store *s, const char *name, store_node_identity *out
     memset(out, 0, sizeof(*out));
     int rc = prep(s,
                   "SELECT id, office_id, name, coalesce(cert_fingerprint, ''), enrollment = "
-                  "'enrolled', events_seq FROM nodes WHERE name = ?1",
+                  "'enrolled', max(events_seq, coalesce((SELECT max(seq) FROM events WHERE node = "
+                  "?1), 0)) FROM nodes WHERE name = ?1",
                   &st);
     if (rc == STORE_OK && sqlite3_bind_text(st, 1, name ? name : "", -1, SQLITE_TRANSIENT) !=
                               SQLITE_OK)
@@ -4231,9 +4248,17 @@ static int link_events(store *s, store_link_op *op, int64_t now)
             sqlite3_bind_int64(st, 19, region) != SQLITE_OK ||
             sqlite3_bind_int64(st, 20, now) != SQLITE_OK)
             rc = oom(s);
-        if (rc == STORE_OK)
-            rc = ev_bind(s, st, ev, i);
-        if (rc == STORE_OK) {
+        int brc = rc == STORE_OK ? ev_bind(s, st, ev, i) : rc;
+        if (brc == STORE_EINVALID) {
+            /* One malformed event must not hold back the ones after it:
+             * it is counted and skipped, and its seq still counts as
+             * received so the node moves on. */
+            if (!op->rejected++)
+                snprintf(op->error, sizeof(op->error), "%.64s%s%.180s", s->field,
+                         s->field[0] ? ": " : "", s->msg);
+        } else if (brc != STORE_OK) {
+            rc = brc;
+        } else {
             int r = sqlite3_step(st);
             if (r != SQLITE_DONE)
                 rc = db_fail(s, r, "storing an event");
@@ -4310,6 +4335,7 @@ int store_link_apply(store *s, store_link_op *ops, size_t n)
         store_link_op *op = &ops[i];
         op->rc = STORE_OK;
         op->inserted = 0;
+        op->rejected = 0;
         op->high_seq = 0;
         op->error[0] = '\0';
         rc = run(s, "starting a savepoint", "SAVEPOINT link_op", "");
@@ -4347,6 +4373,7 @@ int store_events_prune(store *s, int64_t older_than_ms, int64_t keep, unsigned l
                        size_t *deleted)
 {
     size_t total = 0;
+    bool found;
     clear_error(s);
     if (deleted)
         *deleted = 0;
@@ -4355,27 +4382,32 @@ int store_events_prune(store *s, int64_t older_than_ms, int64_t keep, unsigned l
     int rc = begin(s, true);
     if (rc != STORE_OK)
         return rc;
+    /* Rows are only ever deleted from the oldest end, so ids are dense
+     * from min(id) to max(id), and received grows with id: both cuts are
+     * found from the oldest rows without reading the table. */
     if (older_than_ms > 0) {
-        rc = run(s, "deleting old events",
-                 "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE received < ?1 "
-                 "ORDER BY id LIMIT ?2)",
-                 "ii", older_than_ms, (int64_t)limit);
-        if (rc == STORE_OK)
+        int64_t cut = 0;
+        rc = one_int(s, &found, &cut,
+                     "SELECT max(id) FROM (SELECT id, received FROM events ORDER BY id LIMIT ?2) "
+                     "WHERE received < ?1",
+                     "ii", older_than_ms, (int64_t)limit);
+        if (rc == STORE_OK && cut > 0)
+            rc = run(s, "deleting old events", "DELETE FROM events WHERE id <= ?1", "i", cut);
+        if (rc == STORE_OK && cut > 0)
             total += (size_t)sqlite3_changes(s->db);
     }
     if (rc == STORE_OK && keep > 0 && total < limit) {
-        /* The newest keep rows stay: everything at or below the id just past
-         * them goes, at most what is left of limit. */
-        bool found;
-        int64_t cut = 0;
-        rc = one_int(s, &found, &cut, "SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?1",
-                     "i", keep);
-        if (rc == STORE_OK && found)
-            rc = run(s, "deleting the oldest events",
-                     "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE id <= ?1 "
-                     "ORDER BY id LIMIT ?2)",
-                     "ii", cut, (int64_t)(limit - total));
-        if (rc == STORE_OK && found)
+        int64_t lo = 0, hi = 0;
+        rc = one_int(s, &found, &lo, "SELECT coalesce(min(id), 0) FROM events", "");
+        if (rc == STORE_OK)
+            rc = one_int(s, &found, &hi, "SELECT coalesce(max(id), 0) FROM events", "");
+        int64_t extra = hi - lo + 1 - keep;
+        if (extra > (int64_t)(limit - total))
+            extra = (int64_t)(limit - total);
+        if (rc == STORE_OK && hi > 0 && extra > 0)
+            rc = run(s, "deleting the oldest events", "DELETE FROM events WHERE id < ?1", "i",
+                     lo + extra);
+        if (rc == STORE_OK && hi > 0 && extra > 0)
             total += (size_t)sqlite3_changes(s->db);
     }
     rc = finish(s, rc);
@@ -4669,8 +4701,8 @@ void store_rollout_plan_free(store_rollout_plan *p)
     memset(p, 0, sizeof(*p));
 }
 
-int store_events_since(store *s, const store_event_query *q, int64_t after_id, unsigned limit,
-                       cJSON **out)
+int store_events_since(store *s, const store_event_query *q, int64_t after_id, int64_t to_id,
+                       unsigned limit, cJSON **out)
 {
     char sql[1024];
     sqlite3_stmt *st = NULL;
@@ -4678,15 +4710,18 @@ int store_events_since(store *s, const store_event_query *q, int64_t after_id, u
     *out = NULL;
     if (limit < 1 || limit > MAX_PAGE)
         return invalid(s, "limit", "must be 1 to %d", MAX_PAGE);
-    snprintf(sql, sizeof(sql), "%s WHERE id > ?1%s%s%s%s%s ORDER BY id LIMIT ?8", EVENT_SELECT,
-             q->office_id ? " AND office_id = ?3" : "", q->region_id ? " AND region_id = ?4" : "",
-             q->group ? " AND group_name = ?5" : "", q->type ? " AND type = ?6" : "",
-             q->node ? " AND node = ?7" : "");
+    /* Unary + keeps SQLite off the filters' indexes: it walks the id
+     * range, which is what a live tail has not seen yet. */
+    snprintf(sql, sizeof(sql), "%s WHERE id > ?1%s%s%s%s%s%s ORDER BY id LIMIT ?8", EVENT_SELECT,
+             to_id ? " AND id <= ?2" : "", q->office_id ? " AND +office_id = ?3" : "",
+             q->region_id ? " AND +region_id = ?4" : "", q->group ? " AND +group_name = ?5" : "",
+             q->type ? " AND +type = ?6" : "", q->node ? " AND +node = ?7" : "");
     cJSON *rows = cJSON_CreateArray();
     int rc = rows ? prep(s, sql, &st) : oom(s);
     int r = SQLITE_OK;
     if (rc == STORE_OK &&
         ((r = sqlite3_bind_int64(st, 1, after_id)) != SQLITE_OK ||
+         (to_id && (r = sqlite3_bind_int64(st, 2, to_id)) != SQLITE_OK) ||
          (q->office_id && (r = sqlite3_bind_int64(st, 3, q->office_id)) != SQLITE_OK) ||
          (q->region_id && (r = sqlite3_bind_int64(st, 4, q->region_id)) != SQLITE_OK) ||
          (q->group && (r = sqlite3_bind_text(st, 5, q->group, -1, SQLITE_TRANSIENT)) != SQLITE_OK) ||

@@ -310,7 +310,8 @@ typedef struct store_node_identity {
 /* The node with this name; STORE_ENOTFOUND when none. */
 int store_node_identity_get(store *s, const char *name, store_node_identity *out) STORE_WUR;
 
-/* Sets the node "revoked" (keeps its fingerprint for the record); audited.
+/* Sets the node "revoked" (keeps its fingerprint for the record) and expires
+ * its unused enrollment tokens; audited.
  * The hub closes its connection (the caller tells it). */
 int store_node_revoke(store *s, int64_t id, const char *actor) STORE_WUR;
 
@@ -348,13 +349,18 @@ typedef struct store_link_op {
     /* results */
     int rc;           /* STORE_OK or the op's own failure */
     size_t inserted;  /* EVENTS: new rows */
+    size_t rejected;  /* EVENTS: malformed events skipped (error says why the first was) */
     int64_t high_seq; /* EVENTS: the node's highest stored seq after it */
     char error[256];  /* the failure's message when rc != STORE_OK */
 } store_link_op;
 
 /* Applies n ops in ONE transaction, each in a savepoint of its own: an op
  * that fails (a malformed event: "[3].time: ...") is rolled back alone and
- * says why in its rc and error; the others are kept. Returns STORE_OK when
+ * says why in its rc and error; the others are kept. In an EVENTS op a
+ * malformed event ("[3].time: ...") is skipped and counted in rejected
+ * (error holds the first reason) while the rest of the batch is stored and
+ * rc stays STORE_OK, so one bad event never holds back a node's stream.
+ * Returns STORE_OK when
  * the transaction committed (look at each op's rc), or the code of the
  * failure that stopped it (nothing kept). */
 int store_link_apply(store *s, store_link_op *ops, size_t n) STORE_WUR;
@@ -423,13 +429,16 @@ typedef struct store_event_query {
 /* Events newest first: {"events": [...], "next_cursor": string or null};
  * *out is the caller's. */
 int store_events_query(store *s, const store_event_query *q, cJSON **out) STORE_WUR;
-/* The live tail: events stored after the one with id after_id (0: none
- * yet), oldest first, matching q's filters (its time range, cursor and
+/* The live tail: events with after_id < id <= to_id (to_id 0: no upper
+ * bound), oldest first, matching q's filters (its time range, cursor and
  * limit are not used), at most limit (1..1000): a JSON array, each event
- * with its "id"; *out is the caller's. The newest id of all events is a
- * good start: store_events_last_id. */
-int store_events_since(store *s, const store_event_query *q, int64_t after_id, unsigned limit,
-                       cJSON **out) STORE_WUR;
+ * with its "id"; *out is the caller's. The filters never pick an index: the
+ * id range is walked, so the cost is that of the rows since after_id, not of
+ * the filter's whole history; a caller that got fewer than limit rows has
+ * seen everything up to to_id. The newest id of all events is a good start:
+ * store_events_last_id. */
+int store_events_since(store *s, const store_event_query *q, int64_t after_id, int64_t to_id,
+                       unsigned limit, cJSON **out) STORE_WUR;
 int store_events_last_id(store *s, int64_t *out) STORE_WUR;
 
 /* --- internal: the generated table of embedded files, and tests ---------- */

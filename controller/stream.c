@@ -176,8 +176,17 @@ static bool fill(stream *s)
 {
     store *st = s->h->get_store(s->h->arg);
     cJSON *rows = NULL;
-    if (!st || store_events_since(st, &s->q, s->after, STREAM_BATCH, &rows) != STORE_OK)
+    int64_t last = 0;
+    if (!st || store_events_last_id(st, &last) != STORE_OK)
         return false;
+    if (last <= s->after)
+        return true;
+    if (store_events_since(st, &s->q, s->after, last, STREAM_BATCH, &rows) != STORE_OK)
+        return false;
+    /* Fewer than a batch: everything up to last was seen, matching or not,
+     * so the next query starts there. */
+    if (cJSON_GetArraySize(rows) < STREAM_BATCH)
+        s->after = last;
     bool ok = true;
     for (cJSON *e = rows->child; e && ok; e = e->next) {
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(e, "id");
@@ -188,7 +197,7 @@ static bool fill(stream *s)
         /* cJSON escapes control characters: the data is one line. */
         ok = txt && put(s, head, (size_t)n) && put(s, txt, strlen(txt)) && put(s, "\n\n", 2);
         free(txt);
-        if (ok)
+        if (ok && (int64_t)id->valuedouble > s->after)
             s->after = (int64_t)id->valuedouble;
     }
     cJSON_Delete(rows);

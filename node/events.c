@@ -156,6 +156,15 @@ static void jb_knum(jbuf *b, const char *k, uint64_t v)
     jb_raw(b, num, (size_t)n);
 }
 
+/* A port, or null when it is not known (0). */
+static void jb_kport(jbuf *b, const char *k, uint16_t v)
+{
+    if (v)
+        jb_knum(b, k, v);
+    else
+        jb_kstr(b, k, NULL);
+}
+
 static const char *addr_str(const struct sockaddr *sa, char *buf, size_t len, uint16_t *port)
 {
     *port = 0;
@@ -199,10 +208,10 @@ size_t ev_format(const pc_event *e, char *buf, size_t buflen)
     jb_kstr(&b, "reason", e->reason);
     jb_kstr(&b, "detail", e->detail);
     jb_kstr(&b, "source", s);
-    jb_knum(&b, "source_port", sport);
+    jb_kport(&b, "source_port", sport);
     jb_kstr(&b, "destination", e->dst_host && e->dst_host[0] ? e->dst_host : d);
     jb_kstr(&b, "destination_address", d);
-    jb_knum(&b, "port", e->port ? e->port : dport);
+    jb_kport(&b, "port", e->port ? e->port : dport);
     jb_kstr(&b, "protocol", e->proto);
     jb_kstr(&b, "group", e->group);
     jb_knum(&b, "policy_version", e->policy_version);

@@ -622,6 +622,20 @@ class TestFailures(LinkTest):
         n.wait_log("controller link up")
         self.wait_delivered(n)
 
+    def test_event_without_a_port_does_not_hold_back_the_rest(self):
+        n = self.new_node("gw-junk")
+        self.wait_enforced(n, self.c.revision())
+        # Junk on the proxy port: an event before any destination is known.
+        s = socket.create_connection(("127.0.0.1", n.port), timeout=10)
+        s.sendall(b"HELLO THERE\r\n\r\n")
+        s.recv(4096)
+        s.close()
+        n.make_events(20)
+        self.wait_delivered(n)
+        rows = self.c.db_rows("SELECT reason, port FROM events WHERE node = 'gw-junk' AND port IS NULL")
+        self.assertTrue(rows and rows[0][0].startswith("http-"), rows)
+        self.assertEqual(self.c.hub_stats()["bad_messages"], 0)
+
     def test_offline_node_shows_pending(self):
         n = self.new_node("gw-away")
         base = self.c.revision()

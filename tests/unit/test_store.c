@@ -1637,9 +1637,16 @@ static void test_enrollment(void)
     free(txt);
     cJSON_Delete(list);
 
+    /* Revoking expires the tokens not used yet. */
+    CU_ASSERT_EQUAL_FATAL(store_enroll_token_create(s, id, 600, "tester", &secret, NULL), STORE_OK);
     CU_ASSERT_EQUAL(store_node_revoke(s, id, "tester"), STORE_OK);
     CU_ASSERT_EQUAL_FATAL(store_node_identity_get(s, "gw-enroll", &ni), STORE_OK);
     CU_ASSERT_FALSE(ni.enrolled);
+    CU_ASSERT_EQUAL(store_enroll_redeem(s, secret, (int64_t)time(NULL) * 1000 + 1000, fake_issue,
+                                        &ia, &why),
+                    STORE_ENOTFOUND);
+    CU_ASSERT_EQUAL(why, STORE_ENROLL_EXPIRED);
+    free(secret);
     store_close(s);
 }
 
@@ -1652,7 +1659,9 @@ static void test_link_apply(void)
                     "\"time\": \"2026-11-24T10:00:11.000Z\", \"type\": \"block\", \"verdict\": "
                     "\"blocked\", \"reason\": \"tls-certificate\"}]");
     cJSON *bad = J("[{\"seq\": 3, \"time\": \"yesterday\", \"type\": \"block\", \"verdict\": "
-                   "\"blocked\", \"reason\": \"x\"}]");
+                   "\"blocked\", \"reason\": \"x\"}, {\"seq\": 4, \"time\": "
+                   "\"2026-11-24T10:00:12.000Z\", \"type\": \"block\", \"reason\": "
+                   "\"http-request-line\", \"port\": 0, \"source_port\": null}]");
     store_link_op ops[5] = {
         {.kind = STORE_LINK_HELLO, .node_id = id, .time_ms = 1000, .software = "node 1"},
         {.kind = STORE_LINK_EVENTS, .node = "gw-link", .events = good, .dropped = 4},
@@ -1665,8 +1674,12 @@ static void test_link_apply(void)
     CU_ASSERT_EQUAL(ops[1].rc, STORE_OK);
     CU_ASSERT_EQUAL(ops[1].inserted, 2);
     CU_ASSERT_EQUAL(ops[1].high_seq, 2);
-    /* The bad batch is refused alone, and says where. */
-    CU_ASSERT_EQUAL(ops[2].rc, STORE_EINVALID);
+    /* The malformed event is skipped and counted, saying where; the one
+     * after it (an unknown port, 0 from older nodes) is stored. */
+    CU_ASSERT_EQUAL(ops[2].rc, STORE_OK);
+    CU_ASSERT_EQUAL(ops[2].rejected, 1);
+    CU_ASSERT_EQUAL(ops[2].inserted, 1);
+    CU_ASSERT_EQUAL(ops[2].high_seq, 4);
     CU_ASSERT_PTR_NOT_NULL(strstr(ops[2].error, "[0].time"));
     CU_ASSERT_EQUAL(ops[3].rc, STORE_OK);
     CU_ASSERT_EQUAL(ops[4].rc, STORE_OK);
@@ -1674,12 +1687,12 @@ static void test_link_apply(void)
     store_link_op again = {.kind = STORE_LINK_EVENTS, .node = "gw-link", .events = good};
     CU_ASSERT_EQUAL(store_link_apply(s, &again, 1), STORE_OK);
     CU_ASSERT_EQUAL(again.inserted, 0);
-    CU_ASSERT_EQUAL(again.high_seq, 2);
+    CU_ASSERT_EQUAL(again.high_seq, 4);
     cJSON *n = NULL;
     CU_ASSERT_EQUAL_FATAL(store_object_get(s, STORE_NODE, id, &n), STORE_OK);
     CU_ASSERT_TRUE(cJSON_IsTrue(cJSON_GetObjectItem(n, "connected")));
     CU_ASSERT_STRING_EQUAL(cJSON_GetObjectItem(n, "software")->valuestring, "node 1");
-    CU_ASSERT_EQUAL(cJSON_GetObjectItem(n, "events_seq")->valuedouble, 2);
+    CU_ASSERT_EQUAL(cJSON_GetObjectItem(n, "events_seq")->valuedouble, 4);
     CU_ASSERT_EQUAL(cJSON_GetObjectItem(n, "events_dropped")->valuedouble, 4);
     CU_ASSERT_EQUAL(cJSON_GetObjectItem(n, "enforced_version")->valuedouble, 3);
     CU_ASSERT_EQUAL(cJSON_GetObjectItem(cJSON_GetObjectItem(n, "stats"), "accepted")->valuedouble,
@@ -1688,25 +1701,29 @@ static void test_link_apply(void)
     store_event_query q = {.node = "gw-link"};
     cJSON *page = NULL;
     CU_ASSERT_EQUAL_FATAL(store_events_query(s, &q, &page), STORE_OK);
-    CU_ASSERT_EQUAL(cJSON_GetArraySize(cJSON_GetObjectItem(page, "events")), 2);
+    CU_ASSERT_EQUAL(cJSON_GetArraySize(cJSON_GetObjectItem(page, "events")), 3);
     cJSON_Delete(page);
     /* The live tail: oldest first after an id, filtered. */
     cJSON *tail = NULL;
     store_event_query none = {0}, other = {.node = "someone-else"};
-    CU_ASSERT_EQUAL_FATAL(store_events_since(s, &none, 0, 10, &tail), STORE_OK);
-    CU_ASSERT_EQUAL(cJSON_GetArraySize(tail), 2);
+    CU_ASSERT_EQUAL_FATAL(store_events_since(s, &none, 0, 0, 10, &tail), STORE_OK);
+    CU_ASSERT_EQUAL(cJSON_GetArraySize(tail), 3);
     int64_t first = (int64_t)cJSON_GetObjectItem(cJSON_GetArrayItem(tail, 0), "id")->valuedouble;
     CU_ASSERT_EQUAL(cJSON_GetObjectItem(cJSON_GetArrayItem(tail, 0), "seq")->valuedouble, 1);
     cJSON_Delete(tail);
-    CU_ASSERT_EQUAL_FATAL(store_events_since(s, &none, first, 10, &tail), STORE_OK);
+    CU_ASSERT_EQUAL_FATAL(store_events_since(s, &none, first, 0, 10, &tail), STORE_OK);
+    CU_ASSERT_EQUAL(cJSON_GetArraySize(tail), 2);
+    cJSON_Delete(tail);
+    /* An upper bound. */
+    CU_ASSERT_EQUAL_FATAL(store_events_since(s, &none, 0, first, 10, &tail), STORE_OK);
     CU_ASSERT_EQUAL(cJSON_GetArraySize(tail), 1);
     cJSON_Delete(tail);
-    CU_ASSERT_EQUAL_FATAL(store_events_since(s, &other, 0, 10, &tail), STORE_OK);
+    CU_ASSERT_EQUAL_FATAL(store_events_since(s, &other, 0, 0, 10, &tail), STORE_OK);
     CU_ASSERT_EQUAL(cJSON_GetArraySize(tail), 0);
     cJSON_Delete(tail);
     int64_t last = 0;
     CU_ASSERT_EQUAL(store_events_last_id(s, &last), STORE_OK);
-    CU_ASSERT_EQUAL(last, first + 1);
+    CU_ASSERT_EQUAL(last, first + 2);
     CU_ASSERT_EQUAL(store_link_reset(s), STORE_OK);
     CU_ASSERT_EQUAL_FATAL(store_object_get(s, STORE_NODE, id, &n), STORE_OK);
     CU_ASSERT_FALSE(cJSON_IsTrue(cJSON_GetObjectItem(n, "connected")));
@@ -1714,19 +1731,37 @@ static void test_link_apply(void)
     /* Retention by count keeps the newest. */
     size_t del = 0;
     CU_ASSERT_EQUAL(store_events_prune(s, 0, 1, 0, &del), STORE_OK);
-    CU_ASSERT_EQUAL(del, 1);
+    CU_ASSERT_EQUAL(del, 2);
     CU_ASSERT_EQUAL_FATAL(store_events_query(s, &q, &page), STORE_OK);
     CU_ASSERT_EQUAL(cJSON_GetArraySize(cJSON_GetObjectItem(page, "events")), 1);
     CU_ASSERT_EQUAL(cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(page, "events"), 0),
                                         "seq")
                         ->valuedouble,
-                    2);
+                    4);
     cJSON_Delete(page);
     /* The high-water mark survives retention: an old seq stays old. */
     CU_ASSERT_EQUAL(store_events_prune(s, 1LL << 62, 0, 0, &del), STORE_OK);
     CU_ASSERT_EQUAL(del, 1);
     CU_ASSERT_EQUAL(store_link_apply(s, &again, 1), STORE_OK);
-    CU_ASSERT_EQUAL(again.high_seq, 2);
+    CU_ASSERT_EQUAL(again.high_seq, 4);
+    /* A node deleted and made again under the same name carries on above
+     * the events stored under that name, so none of its own is taken for
+     * a duplicate. */
+    cJSON *seven = J("[{\"seq\": 7, \"time\": 1, \"type\": \"block\", \"reason\": \"x\"}]");
+    store_link_op op7 = {.kind = STORE_LINK_EVENTS, .node = "gw-link", .events = seven};
+    CU_ASSERT_EQUAL(store_link_apply(s, &op7, 1), STORE_OK);
+    CU_ASSERT_EQUAL(op7.inserted, 1);
+    cJSON_Delete(seven);
+    CU_ASSERT_EQUAL(store_object_delete(s, STORE_NODE, id, 0, "tester"), STORE_OK);
+    int64_t o2 = 0;
+    make_node(s, "gw-other", &o2);
+    char txt[128];
+    snprintf(txt, sizeof(txt), "{\"name\": \"gw-link\", \"office_id\": %lld}", (long long)o2);
+    create(s, STORE_NODE, txt);
+    store_node_identity ni;
+    CU_ASSERT_EQUAL_FATAL(store_node_identity_get(s, "gw-link", &ni), STORE_OK);
+    CU_ASSERT_NOT_EQUAL(ni.id, id);
+    CU_ASSERT_EQUAL(ni.events_seq, 7);
     cJSON_Delete(good);
     cJSON_Delete(bad);
     store_close(s);
