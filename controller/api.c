@@ -1667,6 +1667,7 @@ static enum MHD_Result h_hub(req *r)
         {"bad_messages", st.bad_messages},
         {"events_received", st.events_received},
         {"events_stored", st.events_stored},
+        {"events_rejected", st.events_rejected},
         {"events_held", st.events_held},
         {"policies_sent", st.policies_sent},
         {"acks_applied", st.acks_applied},

@@ -16,6 +16,9 @@
  *   groups    every group of the office or of every office; a group carries
  *             only the fields where its chain differs from the defaults (the
  *             node's semantics: a group field replaces the defaults' value).
+ *   firewall  the office's LAN prefixes and the firewall settings of the
+ *             chain, inherited like the others; each open port becomes one
+ *             allow entry ("port-25-tcp"); docs/firewall.md is the format.
  * Canonical output: keys in a fixed order, unordered arrays sorted, values
  * normalized as the node normalizes them, no whitespace. The document is
  * then parsed by pc_policy_parse before it is handed out.
@@ -38,7 +41,9 @@
 #define MAX_DOMAIN 253
 #define MAX_SUFFIX 256
 #define MAX_NAME 64
-#define MAX_VERSION 9007199254740991LL /* 2^53 - 1, the node's limit */
+#define MAX_VERSION 9007199254740991LL     /* 2^53 - 1, the node's limit */
+#define COMPILER_MAX_ALLOW PC_FW_MAX_ALLOW /* (device, ports) pairs of firewall.allow */
+#define BUILTIN_HIGH_PORTS 1024            /* high_ports.from when no scope sets it */
 
 enum { LEVEL_GLOBAL = 0, LEVEL_REGION = 1, LEVEL_OFFICE = 2, LEVEL_GROUP = 3 };
 /* blocked_* arrays, indexed by rule kind - 1 */
@@ -518,6 +523,114 @@ static int settings_label(const scope_ref *r, char *buf, size_t n)
     return 0;
 }
 
+/* An open port's range as the node writes it: "25" or "8000-8100". */
+static void port_text(const struct model_open_port *op, char *buf, size_t n)
+{
+    if (op->port_last && op->port_last != op->port)
+        snprintf(buf, n, "%u-%u", (unsigned)op->port, (unsigned)op->port_last);
+    else
+        snprintf(buf, n, "%u", (unsigned)op->port);
+}
+
+static unsigned port_last(const struct model_open_port *op)
+{
+    return op->port_last ? op->port_last : op->port;
+}
+
+/* A DNS resolver: an address (no prefix length) in the node's spelling
+ * into out (64 bytes). */
+static int address_norm(const char *s, char *out, char *msg, size_t msglen)
+{
+    char qb[200];
+    pc_cidr c;
+    if (!s || strchr(s, '/') || pc_cidr_parse(s, &c, NULL, 0) != 0)
+        return fail(msg, msglen, "'%s' is not an IP address", q(qb, sizeof(qb), s));
+    pc_cidr_format(&c, out, 64);
+    char *slash = strchr(out, '/');
+    if (slash)
+        *slash = '\0';
+    return 0;
+}
+
+/* Every prefix of v (n of them) is one the node reads. */
+static int check_prefixes(ctx *c, char *const *v, size_t n, const char *what)
+{
+    char msg[COMPILER_ERR_MAX], norm[64];
+    if (n && !v)
+        return fail(c->err, c->errlen, "%s: %zu prefixes but no array", what, n);
+    for (size_t i = 0; i < n; i++)
+        if (prefix_norm(v[i] ? v[i] : "", norm, msg, sizeof(msg)) != 0)
+            return fail(c->err, c->errlen, "%s: %s", what, msg);
+    return 0;
+}
+
+/* The firewall settings of one scope (docs/firewall.md). */
+static int check_firewall_settings(ctx *c, const model_settings *s, const char *lb)
+{
+    char what[512], msg[COMPILER_ERR_MAX], norm[64], qb[200];
+    if (s->has_high_port_threshold && s->high_port_threshold == 0)
+        return fail(c->err, c->errlen, "%s: high_port_threshold: 0 is not a port (1 to 65535)", lb);
+    if (s->has_open_ports) {
+        if (s->nopen_ports && !s->open_ports)
+            return fail(c->err, c->errlen, "%s: open_ports: %zu entries but no array", lb,
+                        s->nopen_ports);
+        size_t pairs = 0;
+        for (size_t i = 0; i < s->nopen_ports; i++) {
+            const struct model_open_port *op = &s->open_ports[i];
+            char pt[16];
+            port_text(op, pt, sizeof(pt));
+            if (strcmp(op->proto, "tcp") != 0 && strcmp(op->proto, "udp") != 0)
+                return fail(c->err, c->errlen, "%s: open_ports: %s: '%s' is not tcp or udp", lb, pt,
+                            q(qb, sizeof(qb), op->proto));
+            if (op->port == 0 || port_last(op) < op->port)
+                return fail(c->err, c->errlen, "%s: open_ports: %s/%s is not a port range", lb, pt,
+                            op->proto);
+            if (op->ndevices == 0)
+                return fail(c->err, c->errlen, "%s: open_ports: %s/%s: no devices", lb, pt,
+                            op->proto);
+            snprintf(what, sizeof(what), "%s: open_ports: %s/%s: device", lb, pt, op->proto);
+            if (check_prefixes(c, op->devices, op->ndevices, what) != 0)
+                return -1;
+            for (size_t j = 0; j < i; j++) {
+                const struct model_open_port *o = &s->open_ports[j];
+                char ot[16];
+                if (strcmp(o->proto, op->proto) != 0 || port_last(o) < op->port ||
+                    o->port > port_last(op))
+                    continue;
+                port_text(o, ot, sizeof(ot));
+                return fail(c->err, c->errlen,
+                            "%s: open_ports: %s/%s overlaps %s/%s; list each port once", lb, pt,
+                            op->proto, ot, o->proto);
+            }
+            pairs += op->ndevices;
+        }
+        if (pairs > COMPILER_MAX_ALLOW)
+            return fail(c->err, c->errlen,
+                        "%s: open_ports: %zu devices in all; the node takes at most %d", lb, pairs,
+                        COMPILER_MAX_ALLOW);
+    }
+    if (s->has_dns_resolvers) {
+        if (s->ndns_resolvers && !s->dns_resolvers)
+            return fail(c->err, c->errlen, "%s: dns_resolvers: %zu addresses but no array", lb,
+                        s->ndns_resolvers);
+        for (size_t i = 0; i < s->ndns_resolvers; i++)
+            if (address_norm(s->dns_resolvers[i], norm, msg, sizeof(msg)) != 0)
+                return fail(c->err, c->errlen, "%s: dns_resolvers: %s", lb, msg);
+    }
+    if (s->has_web_mode && strcmp(s->web_mode, "transparent") != 0 &&
+        strcmp(s->web_mode, "proxy") != 0)
+        return fail(c->err, c->errlen, "%s: web_mode: '%s' is not transparent or proxy", lb,
+                    q(qb, sizeof(qb), s->web_mode));
+    snprintf(what, sizeof(what), "%s: web_devices", lb);
+    if (s->has_web_devices && check_prefixes(c, s->web_devices, s->nweb_devices, what) != 0)
+        return -1;
+    if (s->has_log_drops_per_minute && s->log_drops_per_minute > 10000)
+        return fail(c->err, c->errlen,
+                    "%s: log_drops_per_minute: %u is more than 10000 (0: not logged)", lb,
+                    (unsigned)s->log_drops_per_minute);
+    return 0;
+}
+
 static int check_settings(ctx *c, const scope_ref *r)
 {
     const model_settings *s = r->s;
@@ -559,7 +672,7 @@ static int check_settings(ctx *c, const scope_ref *r)
             return -1;
         }
     }
-    return 0;
+    return check_firewall_settings(c, s, lb);
 }
 
 /* The most specific scope of the chain that sets a field, or -1. */
@@ -1154,6 +1267,170 @@ done:
     return g;
 }
 
+/* --- the firewall part (docs/firewall.md) --------------------------------- */
+
+/* One entry of firewall.allow before it is written. */
+typedef struct fw_allow {
+    const struct model_open_port *op;
+    strv devices; /* normalized, sorted, unique */
+} fw_allow;
+
+static int cmp_allow(const void *a, const void *b)
+{
+    const struct model_open_port *x = ((const fw_allow *)a)->op, *y = ((const fw_allow *)b)->op;
+    if (x->port != y->port)
+        return x->port < y->port ? -1 : 1;
+    if (port_last(x) != port_last(y))
+        return port_last(x) < port_last(y) ? -1 : 1;
+    return strcmp(x->proto, y->proto);
+}
+
+/* The prefixes v (checked already) in the node's spelling into out,
+ * sorted, each once; the strings live in the compile's pool. */
+static int norm_prefixes(ctx *c, char *const *v, size_t n, strv *out)
+{
+    char norm[64], msg[COMPILER_ERR_MAX];
+    for (size_t i = 0; i < n; i++) {
+        if (prefix_norm(v[i] ? v[i] : "", norm, msg, sizeof(msg)) != 0)
+            return fail(c->err, c->errlen, "%s", msg);
+        const char *p = pool_strndup(&c->mem, norm, strlen(norm));
+        if (!p || strv_push(out, p) != 0)
+            return oom(c);
+    }
+    strv_sort_unique(out);
+    return 0;
+}
+
+/* The office's "firewall": its LAN prefixes and the firewall settings of
+ * its chain, each from the most specific scope that sets it. */
+static cJSON *build_firewall(ctx *c)
+{
+    const model_office *o = c->office;
+    strv lan = {0}, web_devices = {0}, dns = {0};
+    fw_allow *allow = NULL;
+    size_t nallow = 0;
+    cJSON *fw = cJSON_CreateObject(), *arr = NULL, *obj = NULL;
+    bool ok = false;
+    char lb[256], msg[COMPILER_ERR_MAX], norm[64];
+    int who;
+
+    if (!fw)
+        goto oom;
+    for (size_t i = 0; i < o->nlan; i++) {
+        if (prefix_norm(o->lan_prefixes && o->lan_prefixes[i] ? o->lan_prefixes[i] : "", norm, msg,
+                        sizeof(msg)) != 0) {
+            fail(c->err, c->errlen, "%s: lan_prefixes: %s",
+                 obj_label(lb, sizeof(lb), "office", o->id, o->name), msg);
+            goto done;
+        }
+        const char *p = pool_strndup(&c->mem, norm, strlen(norm));
+        if (!p || strv_push(&lan, p) != 0)
+            goto oom;
+    }
+    strv_sort_unique(&lan);
+    if (!add_array(fw, "lan", &lan))
+        goto oom;
+
+    who = CHAIN_SETTER(c, has_web_mode);
+    const char *mode = who < 0 ? "transparent" : c->chain[who].s->web_mode;
+    if (!cJSON_AddStringToObject(fw, "web", mode))
+        goto oom;
+    /* The proxy hosts matter only when the proxy runs elsewhere; in
+     * transparent mode the node's own proxy is the only web client
+     * upstream (and the node refuses web_devices there). */
+    if (strcmp(mode, "proxy") == 0 && (who = CHAIN_SETTER(c, has_web_devices)) >= 0 &&
+        norm_prefixes(c, c->chain[who].s->web_devices, c->chain[who].s->nweb_devices,
+                      &web_devices) != 0)
+        goto done;
+    if (!add_array(fw, "web_devices", &web_devices))
+        goto oom;
+
+    if ((who = CHAIN_SETTER(c, has_open_ports)) >= 0) {
+        const model_settings *s = c->chain[who].s;
+        if (!(allow = calloc(s->nopen_ports ? s->nopen_ports : 1, sizeof(*allow))))
+            goto oom;
+        for (; nallow < s->nopen_ports; nallow++) {
+            allow[nallow].op = &s->open_ports[nallow];
+            if (norm_prefixes(c, s->open_ports[nallow].devices, s->open_ports[nallow].ndevices,
+                              &allow[nallow].devices) != 0) {
+                nallow++;
+                goto done;
+            }
+        }
+        qsort(allow, nallow, sizeof(*allow), cmp_allow);
+    }
+    if (!(arr = cJSON_AddArrayToObject(fw, "allow")))
+        goto oom;
+    for (size_t i = 0; i < nallow; i++) {
+        char pt[16], name[32];
+        cJSON *ports;
+        port_text(allow[i].op, pt, sizeof(pt));
+        snprintf(name, sizeof(name), "port-%s-%s", pt, allow[i].op->proto);
+        if (!(obj = cJSON_CreateObject()))
+            goto oom;
+        cJSON_AddItemToArray(arr, obj);
+        if (!cJSON_AddStringToObject(obj, "name", name) ||
+            !add_array(obj, "devices", &allow[i].devices) ||
+            !cJSON_AddStringToObject(obj, "proto", allow[i].op->proto) ||
+            !(ports = cJSON_AddArrayToObject(obj, "ports")) ||
+            !cJSON_AddItemToArray(ports, cJSON_CreateString(pt)))
+            goto oom;
+    }
+
+    if ((who = CHAIN_SETTER(c, has_dns_resolvers)) < 0) {
+        /* Unset everywhere: LAN DNS may go to any resolver. */
+        if (!cJSON_AddNullToObject(fw, "dns"))
+            goto oom;
+    } else {
+        const model_settings *s = c->chain[who].s;
+        for (size_t i = 0; i < s->ndns_resolvers; i++) {
+            if (address_norm(s->dns_resolvers[i], norm, msg, sizeof(msg)) != 0) {
+                fail(c->err, c->errlen, "dns_resolvers: %s", msg);
+                goto done;
+            }
+            const char *p = pool_strndup(&c->mem, norm, strlen(norm));
+            if (!p || strv_push(&dns, p) != 0)
+                goto oom;
+        }
+        strv_sort_unique(&dns);
+        if (!add_array(fw, "dns", &dns))
+            goto oom;
+    }
+
+    bool block = (who = CHAIN_SETTER(c, has_block_high_ports)) < 0
+                     ? true
+                     : c->chain[who].s->block_high_ports;
+    unsigned from = (who = CHAIN_SETTER(c, has_high_port_threshold)) < 0
+                        ? BUILTIN_HIGH_PORTS
+                        : c->chain[who].s->high_port_threshold;
+    if (!(obj = cJSON_AddObjectToObject(fw, "high_ports")) || !add_bool(obj, "block", block) ||
+        !cJSON_AddNumberToObject(obj, "from", from))
+        goto oom;
+    unsigned per_minute = (who = CHAIN_SETTER(c, has_log_drops_per_minute)) < 0
+                              ? 0
+                              : c->chain[who].s->log_drops_per_minute;
+    if (per_minute == 0 ? !cJSON_AddNullToObject(fw, "log_drops")
+                        : (!(obj = cJSON_AddObjectToObject(fw, "log_drops")) ||
+                           !cJSON_AddNumberToObject(obj, "per_minute", per_minute)))
+        goto oom;
+    ok = true;
+    goto done;
+oom:
+    oom(c);
+done:
+    for (size_t i = 0; i < nallow; i++)
+        strv_free(&allow[i].devices);
+    free(allow);
+    strv_free(&lan);
+    strv_free(&web_devices);
+    strv_free(&dns);
+    if (!ok) {
+        cJSON_Delete(fw);
+        return NULL;
+    }
+    return fw;
+}
+
 static void sha256_hex(const char *data, size_t len, char out[65])
 {
     unsigned char md[SHA256_DIGEST_LENGTH];
@@ -1221,6 +1498,9 @@ static int compile_office(const model *m, const model_office *o, char **json_out
             goto done;
         cJSON_AddItemToArray(groups, item);
     }
+    if (!(item = build_firewall(&c)))
+        goto done;
+    cJSON_AddItemToObject(root, "firewall", item);
     json = cJSON_PrintUnformatted(root);
     if (!json) {
         oom(&c);

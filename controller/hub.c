@@ -2,9 +2,11 @@
  * thread owns every connection; a writer thread stores what nodes send
  * (store_link_apply, many ops per transaction) and prunes old events; a
  * compiler thread turns the released (and canary) revision into one document
- * per office. The threads talk through two locked queues: work for the
- * writer, and an inbox the lws thread drains when lws_cancel_service wakes
- * it (results, a new document table, kicks).
+ * per office; an enroller thread answers POST /enroll (a write transaction
+ * and a signature: never on the lws thread). The threads talk through locked
+ * queues: work for the writer and for the enroller, and an inbox the lws
+ * thread drains when lws_cancel_service wakes it (results, answers to
+ * enrollments, a new document table, kicks).
  *
  * Credit (docs/link.md, "Sequence and pacing"): every connected node holds a
  * small standing grant so it can ship a first few events without asking; a
@@ -65,8 +67,16 @@ _Static_assert(PCW_PRE >= LWS_PRE, "pc_wire frames must leave room for the lws h
 #define HUB_DORMANT_MS 2000 /* a grant unused this long goes to the slack pool */
 #define HUB_RX_CHUNK 16384  /* lws rx buffer (one per connection); frames arrive in pieces */
 #define HUB_RX_KEEP 65536   /* receive buffers above this are freed after use */
-#define HUB_KNOWN_MAX 1024  /* (version, sha256) pairs remembered as sent */
 #define HUB_CLOSE_GRACE_S 5
+#define HUB_SENT_KEEP 4         /* (version, sha256) sent to a node, remembered per node */
+#define HUB_WRITE_TRIES 10      /* rounds a node-state record is tried before it is dropped */
+#define HUB_WRITE_RETRY_MS 500  /* the writer's pause after a failed round */
+#define HUB_ENROLL_ACTIVE 4     /* enrollments handed to the enroller and not answered */
+#define HUB_ENROLL_RATE 20      /* enrollments per second (a bucket of this many) */
+#define HUB_ENROLL_WAIT_S 30    /* a connection waits this long for its answer */
+#define HUB_LOG_WINDOW_MS 10000 /* rate-limited log lines: at most HUB_LOG_BURST per window */
+#define HUB_LOG_BURST 5
+#define HUB_OVER_LOGGED 64 /* oversized documents remembered as logged */
 
 enum {
     CLOSE_BAD_MESSAGE = 4001,
@@ -130,6 +140,30 @@ static void copy_cut(char *dst, size_t cap, const char *src)
     dst[n] = '\0';
 }
 
+/* A log line that peers can provoke at will: at most HUB_LOG_BURST per
+ * window, then one line saying how many were left out. */
+typedef struct ratelog {
+    int64_t start;
+    unsigned n, skipped;
+} ratelog;
+
+static bool ratelog_allow(ratelog *r)
+{
+    int64_t t = mono_ms();
+    if (t - r->start >= HUB_LOG_WINDOW_MS) {
+        if (r->skipped)
+            hub_log("(%u similar lines left out in %d s)", r->skipped, HUB_LOG_WINDOW_MS / 1000);
+        r->start = t;
+        r->n = r->skipped = 0;
+    }
+    if (r->n < HUB_LOG_BURST) {
+        r->n++;
+        return true;
+    }
+    r->skipped++;
+    return false;
+}
+
 static int64_t json_i64(const cJSON *o, const char *name)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
@@ -179,6 +213,11 @@ typedef struct tdoc {
     int64_t office_id, version;
     char sha256[65];
     oframe *frame; /* the policy message */
+    /* The office's document at over_version was too large for a node
+     * (oversize bytes as a message): the compiler leaves frame NULL and the
+     * lws thread puts the office's previous document (if any) in its place. */
+    size_t oversize;
+    int64_t over_version;
 } tdoc;
 
 typedef struct tnode {
@@ -245,6 +284,7 @@ typedef struct witem {
     char *text;    /* the string op points to (node, software, stats, last_error) */
     uint64_t conn; /* EVENTS: the connection that sent them */
     int64_t nevents;
+    unsigned tries; /* failed rounds (node-state records are tried again) */
 } witem;
 
 static void witem_free(witem *w)
@@ -261,6 +301,32 @@ typedef struct kick {
     int64_t node_id;
 } kick;
 
+/* One POST /enroll handed to the enroller and its answer. */
+typedef struct ejob {
+    struct ejob *next;
+    uint64_t id; /* the lws thread's slot for it (enroll_wait) */
+    char *body;
+    size_t len;
+    char peer[64];
+    /* the answer */
+    int status;
+    char *resp;
+    int64_t node_id; /* 200: the node enrolled (its old connection goes) */
+    char node[65];
+} ejob;
+
+static void ejob_free(ejob *j)
+{
+    if (!j)
+        return;
+    if (j->body) {
+        explicit_bzero(j->body, j->len); /* it holds a token */
+        free(j->body);
+    }
+    free(j->resp);
+    free(j);
+}
+
 /* --- connections ---------------------------------------------------------- */
 
 typedef enum {
@@ -275,6 +341,11 @@ typedef struct txnode {
 } txnode;
 
 typedef struct nstate nstate;
+
+typedef struct known {
+    int64_t version;
+    char sha256[65];
+} known;
 
 typedef struct conn {
     struct conn *prev, *next; /* every connection */
@@ -315,9 +386,17 @@ typedef struct conn {
 /* What the hub remembers of a node across its connections. */
 struct nstate {
     int64_t node_id;
-    conn *c;           /* its current connection */
-    int64_t high_seq;  /* newest stored seq we know of */
-    bool db_connected; /* a HELLO was recorded and no GONE since */
+    conn *c;                   /* its current connection */
+    int64_t high_seq;          /* newest stored seq we know of */
+    bool db_connected;         /* a HELLO was recorded and no GONE since */
+    known sent[HUB_SENT_KEEP]; /* documents sent to it, newest at sent_next - 1 */
+    size_t sent_next;
+    /* The document it reverted by safe apply: not sent again while it is
+     * its office's document ("" = none), and why (its last_error until an
+     * applied ack of another version). */
+    char reverted_sha[65];
+    int64_t reverted_version;
+    char *revert_error;
 };
 
 /* Open-addressing map node_id -> nstate (entries live as long as the hub). */
@@ -326,17 +405,16 @@ typedef struct nmap {
     size_t cap, n;
 } nmap;
 
-typedef struct known {
-    int64_t version;
-    char sha256[65];
-} known;
-
 typedef struct http_pss {
     char *body;
     size_t len, cap;
     bool post, enroll, too_large, close;
     char *resp; /* JSON body to write */
     size_t resp_len;
+    uint64_t job;     /* waiting for the enroller's answer to this job */
+    bool hdr_pending; /* the answer came from the enroller: headers go out when writable */
+    unsigned status;  /* hdr_pending: its HTTP status */
+    bool retry_after; /* 429: say when to come back */
 } http_pss;
 
 typedef struct ws_pss {
@@ -361,9 +439,15 @@ struct hub {
     uint64_t next_conn_id;
     nmap nodes;
     ptable *table;
-    known known[HUB_KNOWN_MAX];
-    size_t nknown, known_next;
     conn *qh, *qt;
+    struct {
+        uint64_t id;     /* 0: free */
+        struct lws *wsi; /* NULL once the connection closed */
+    } enroll_wait[HUB_ENROLL_ACTIVE];
+    uint64_t next_job;
+    double enroll_tokens;
+    int64_t enroll_refill; /* monotonic ms the bucket was last filled */
+    ratelog log_refused, log_rejected, log_enroll, log_enroll_limit;
     int64_t credit_total, held, idle_credit, big_credit;
     int64_t slack_total;
     bool rx_paused; /* held > budget: no connection is read until it drains */
@@ -375,6 +459,7 @@ struct hub {
     witem *in_res, *in_res_tail;
     ptable *in_table;
     kick *in_kicks;
+    ejob *in_enroll;
 
     /* called by the writer after events were stored (hub_set_stored_listener);
      * guarded by in_lock */
@@ -388,14 +473,28 @@ struct hub {
     bool w_stop;
     store_link_op *w_ops;
 
+    /* enroller */
+    store *es;
+    pthread_t enroll_thread;
+    bool enroll_started;
+    pthread_mutex_t e_lock;
+    pthread_cond_t e_cond;
+    ejob *eq, *eq_tail;
+    bool e_stop;
+
     /* compiler */
     pthread_mutex_t c_lock;
     pthread_cond_t c_cond;
     bool c_dirty, c_stop;
+    struct {
+        int64_t office, rev;
+    } over_logged[HUB_OVER_LOGGED]; /* oversized documents logged */
+    size_t over_next;
 
     /* counters */
     atomic_uint_fast64_t connected, refused, bad_messages, events_received, events_stored,
-        events_held, policies_sent, acks_applied, acks_failed, enrollments, enrollments_refused;
+        events_rejected, events_held, policies_sent, acks_applied, acks_failed, enrollments,
+        enrollments_refused;
 };
 
 /* --- node map --------------------------------------------------------------- */
@@ -443,8 +542,11 @@ static nstate *nmap_get(nmap *m, int64_t id)
 
 static void nmap_free(nmap *m)
 {
-    for (size_t i = 0; i < m->cap; i++)
+    for (size_t i = 0; i < m->cap; i++) {
+        if (m->slots[i])
+            free(m->slots[i]->revert_error);
         free(m->slots[i]);
+    }
     free(m->slots);
     memset(m, 0, sizeof(*m));
 }
@@ -765,23 +867,23 @@ static void credit_pump(hub *h)
 
 /* --- policy push (lws thread) ------------------------------------------------- */
 
-static bool known_has(const hub *h, int64_t version, const char *sha)
+/* What node ns was sent as version (its sha256), or NULL. */
+static const char *sent_find(const nstate *ns, int64_t version)
 {
-    for (size_t i = 0; i < h->nknown; i++)
-        if (h->known[i].version == version && strcmp(h->known[i].sha256, sha) == 0)
-            return true;
-    return false;
+    for (size_t k = 1; k <= HUB_SENT_KEEP; k++) {
+        const known *e = &ns->sent[(ns->sent_next + HUB_SENT_KEEP - k) % HUB_SENT_KEEP];
+        if (e->version == version && e->sha256[0])
+            return e->sha256;
+    }
+    return NULL;
 }
 
-static void known_add(hub *h, int64_t version, const char *sha)
+static void sent_add(nstate *ns, int64_t version, const char *sha)
 {
-    if (known_has(h, version, sha))
-        return;
-    h->known[h->known_next].version = version;
-    snprintf(h->known[h->known_next].sha256, sizeof(h->known[0].sha256), "%s", sha);
-    h->known_next = (h->known_next + 1) % HUB_KNOWN_MAX;
-    if (h->nknown < HUB_KNOWN_MAX)
-        h->nknown++;
+    known *e = &ns->sent[ns->sent_next];
+    e->version = version;
+    snprintf(e->sha256, sizeof(e->sha256), "%s", sha);
+    ns->sent_next = (ns->sent_next + 1) % HUB_SENT_KEEP;
 }
 
 static const tdoc *conn_doc(const hub *h, const conn *c)
@@ -789,25 +891,66 @@ static const tdoc *conn_doc(const hub *h, const conn *c)
     return ptable_doc(h->table, c->office_id);
 }
 
+/* Why d cannot reach the nodes of its office, into buf; false when it can. */
+static bool doc_oversize_error(const tdoc *d, char *buf, size_t len)
+{
+    if (!d || !d->oversize)
+        return false;
+    snprintf(buf, len,
+             "version %" PRId64 ": the document is %zu bytes as a policy message, over the %d MiB "
+             "a node accepts",
+             d->over_version, d->oversize, PCW_CONTROLLER_FRAME_MAX / (1024 * 1024));
+    return true;
+}
+
 /* Sends c its office's document if it differs from what it has; returns
- * whether it did (the caller records the versions). */
+ * whether it did (the caller records the versions). A document the node
+ * reverted is not sent again until the office's document changes. */
 static bool push_if_needed(hub *h, conn *c)
 {
     const tdoc *d = conn_doc(h, c);
     if (!d || !d->frame || strcmp(d->sha256, c->sent_sha) == 0)
         return false;
+    if (c->ns->reverted_sha[0]) {
+        if (strcmp(d->sha256, c->ns->reverted_sha) == 0)
+            return false;
+        c->ns->reverted_sha[0] = '\0'; /* the office's document moved on */
+    }
     oframe_unref(c->policy_out);
     c->policy_out = oframe_ref(d->frame);
     conn_want_write(h, c);
     snprintf(c->sent_sha, sizeof(c->sent_sha), "%s", d->sha256);
     c->pending = d->version;
-    known_add(h, d->version, d->sha256);
+    sent_add(c->ns, d->version, d->sha256);
     atomic_fetch_add(&h->policies_sent, 1);
     return true;
 }
 
+static void set_last_error(conn *c, const char *e)
+{
+    free(c->last_error);
+    c->last_error = e ? strdup(e) : NULL;
+}
+
+/* An office whose new document is too large keeps its previous one (from
+ * old, the table being replaced), if it had one. */
+static void keep_previous_docs(ptable *t, const ptable *old)
+{
+    for (size_t i = 0; i < t->ndocs; i++) {
+        tdoc *d = &t->docs[i];
+        const tdoc *prev = d->oversize ? ptable_doc(old, d->office_id) : NULL;
+        if (!prev || !prev->frame)
+            continue;
+        d->version = prev->version;
+        snprintf(d->sha256, sizeof(d->sha256), "%s", prev->sha256);
+        d->frame = oframe_ref(prev->frame);
+    }
+}
+
 static void install_table(hub *h, ptable *t)
 {
+    char e[256];
+    keep_previous_docs(t, h->table);
     ptable_free(h->table);
     h->table = t;
     for (conn *c = h->conns; c; c = c->next) {
@@ -816,12 +959,20 @@ static void install_table(hub *h, ptable *t)
         int64_t office = ptable_office(t, c->node_id);
         if (office)
             c->office_id = office;
-        if (c->state == C_READY && push_if_needed(h, c))
+        if (c->state != C_READY)
+            continue;
+        bool pushed = push_if_needed(h, c);
+        bool over = doc_oversize_error(conn_doc(h, c), e, sizeof(e));
+        if (over && (!c->last_error || strcmp(c->last_error, e) != 0))
+            set_last_error(c, e);
+        if (pushed || over)
             record_versions(h, c);
     }
     /* The nodes not connected now get it when they are: until then the
      * store shows it as pending for them. */
     for (size_t i = 0; i < t->ndocs; i++) {
+        if (!t->docs[i].frame)
+            continue;
         witem *w = witem_new(STORE_LINK_OFFICE_PENDING, 0, NULL);
         if (!w)
             break;
@@ -833,10 +984,33 @@ static void install_table(hub *h, ptable *t)
 
 /* --- messages from a node (lws thread) ------------------------------------------ */
 
-static void set_last_error(conn *c, const char *e)
+/* The node's hello says safe apply took back the document of version
+ * reverted_version: that document (the sha256 sent to it as that version,
+ * or its office's document when that is the version) is not sent to it
+ * again until its office's document changes, and the reason is its
+ * last_error until it applies another version. */
+static void note_revert(hub *h, conn *c, const pcw_msg *m, const tdoc *d)
 {
-    free(c->last_error);
-    c->last_error = e ? strdup(e) : NULL;
+    nstate *ns = c->ns;
+    int64_t v = m->u.hello.reverted_version;
+    const char *sha = sent_find(ns, v);
+    char e[512], runs[48] = "its built-in policy";
+    if (!sha && d && d->frame && d->version == v)
+        sha = d->sha256;
+    if (sha)
+        snprintf(ns->reverted_sha, sizeof(ns->reverted_sha), "%s", sha);
+    else
+        ns->reverted_sha[0] = '\0'; /* not a document this controller knows: nothing to hold */
+    ns->reverted_version = v;
+    if (m->u.hello.has_policy)
+        snprintf(runs, sizeof(runs), "version %" PRId64, m->u.hello.policy_version);
+    snprintf(e, sizeof(e), "version %" PRId64 " reverted by safe apply (the node runs %s): %s", v,
+             runs, m->u.hello.reverted_reason);
+    free(ns->revert_error);
+    ns->revert_error = strdup(e);
+    hub_log("node '%s' reverted version %" PRId64 " (%s); %s", c->cn, v, m->u.hello.reverted_reason,
+            sha ? "that document is not sent to it again until its office's document changes"
+                : "this controller did not send it that version");
 }
 
 static void on_hello(hub *h, conn *c, const pcw_msg *m)
@@ -854,31 +1028,32 @@ static void on_hello(hub *h, conn *c, const pcw_msg *m)
                   c->cn);
         return;
     }
-    /* What the store says now: its enforced version and error stand unless
-     * this hello proves otherwise. A read; WAL readers do not wait. */
+    /* The store's last error stands unless this hello proves otherwise (a
+     * read; WAL readers do not wait). What the node enforces is what it
+     * says: the built-in policy (0), or a version, even one this controller
+     * did not send it since it started. */
     if (store_object_get(h->ls, STORE_NODE, c->node_id, &row) == STORE_OK) {
         const cJSON *le = cJSON_GetObjectItemCaseSensitive(row, "last_error");
-        c->enforced = json_i64(row, "enforced_version");
         set_last_error(c, cJSON_IsString(le) ? le->valuestring : NULL);
     }
     cJSON_Delete(row);
     d = conn_doc(h, c);
     c->sent_sha[0] = '\0';
+    c->enforced = 0;
     if (m->u.hello.has_policy) {
-        int64_t v = m->u.hello.policy_version;
-        const char *sha = m->u.hello.policy_sha256;
-        if ((d && d->version == v && strcmp(d->sha256, sha) == 0) || known_has(h, v, sha))
-            c->enforced = v;
-        snprintf(c->sent_sha, sizeof(c->sent_sha), "%s", sha);
+        c->enforced = m->u.hello.policy_version;
+        snprintf(c->sent_sha, sizeof(c->sent_sha), "%s", m->u.hello.policy_sha256);
     }
+    if (m->u.hello.has_reverted)
+        note_revert(h, c, m, d);
     c->pending = 0;
     c->state = C_READY;
     bool pushed = push_if_needed(h, c);
-    if (m->u.hello.has_reverted) {
-        char e[512];
-        snprintf(e, sizeof(e), "reverted to version %" PRId64 ": %s", m->u.hello.reverted_version,
-                 m->u.hello.reverted_reason);
-        set_last_error(c, e);
+    char over[256];
+    if (m->u.hello.has_reverted || (c->ns->reverted_sha[0] && c->ns->revert_error)) {
+        set_last_error(c, c->ns->revert_error); /* why it does not get its office's document */
+    } else if (doc_oversize_error(d, over, sizeof(over))) {
+        set_last_error(c, over);
     } else if (!pushed && d && strcmp(d->sha256, c->sent_sha) == 0) {
         set_last_error(c, NULL); /* it runs its office's document */
     }
@@ -907,10 +1082,20 @@ static void on_ack(hub *h, conn *c, const pcw_msg *m)
 {
     int64_t v = m->u.ack.version;
     if (m->u.ack.applied) {
+        nstate *ns = c->ns;
         c->enforced = v;
         if (v >= c->pending)
             c->pending = 0;
-        set_last_error(c, NULL);
+        if (ns->revert_error && v == ns->reverted_version) {
+            set_last_error(c, ns->revert_error); /* the reverted version: still why */
+        } else {
+            char over[256];
+            free(ns->revert_error);
+            ns->revert_error = NULL;
+            ns->reverted_version = 0;
+            /* An office stuck on its previous document still says why. */
+            set_last_error(c, doc_oversize_error(conn_doc(h, c), over, sizeof(over)) ? over : NULL);
+        }
         atomic_fetch_add(&h->acks_applied, 1);
     } else {
         char e[1200];
@@ -1032,14 +1217,20 @@ static void on_result(hub *h, witem *w)
         atomic_fetch_add(&h->events_stored, (uint64_t)w->op.inserted);
         if (ns && w->op.high_seq > ns->high_seq)
             ns->high_seq = w->op.high_seq;
+        if (w->op.rejected) {
+            /* Skipped by the store, acked with the rest: sending them again
+             * would not make them valid. */
+            atomic_fetch_add(&h->events_rejected, (uint64_t)w->op.rejected);
+            if (ratelog_allow(&h->log_rejected))
+                hub_log("node '%s': %zu malformed event%s skipped in a batch; the first: "
+                        "$.events%s%s",
+                        w->op.node ? w->op.node : "?", w->op.rejected,
+                        w->op.rejected == 1 ? "" : "s", w->op.error[0] == '[' ? "" : ": ",
+                        w->op.error);
+        }
     }
     if (!c || c->state != C_READY)
         return;
-    if (w->op.rc == STORE_EINVALID) {
-        conn_fail(h, c, CLOSE_BAD_MESSAGE, "bad-events", "$.events%s%s",
-                  w->op.error[0] == '[' ? "" : ": ", w->op.error);
-        return;
-    }
     if (w->op.rc != STORE_OK) {
         hub_log("node '%s': events not stored: %s; closing so it sends them again", c->cn,
                 w->op.error);
@@ -1058,11 +1249,14 @@ static void on_result(hub *h, witem *w)
     send_events_ack(h, c, credit_grant(h, c));
 }
 
+static void enroll_answer(hub *h, ejob *j);
+
 static void drain_inbox(hub *h)
 {
     witem *res;
     ptable *t;
     kick *k;
+    ejob *e;
     pthread_mutex_lock(&h->in_lock);
     res = h->in_res;
     h->in_res = h->in_res_tail = NULL;
@@ -1070,6 +1264,8 @@ static void drain_inbox(hub *h)
     h->in_table = NULL;
     k = h->in_kicks;
     h->in_kicks = NULL;
+    e = h->in_enroll;
+    h->in_enroll = NULL;
     pthread_mutex_unlock(&h->in_lock);
     if (t)
         install_table(h, t);
@@ -1088,6 +1284,12 @@ static void drain_inbox(hub *h)
         on_result(h, res);
         witem_free(res);
         res = next;
+    }
+    while (e) {
+        ejob *next = e->next;
+        enroll_answer(h, e);
+        ejob_free(e);
+        e = next;
     }
     credit_pump(h);
 }
@@ -1160,6 +1362,15 @@ static void conn_identify(hub *h, conn *c)
         conn_close(h, c, 1011, "out of memory");
         goto done;
     }
+    /* Only identified nodes count against the limit; a newer connection
+     * of a node replaces its older one and takes no more room. */
+    if (!ns->c && atomic_load(&h->connected) >= h->max_nodes) {
+        atomic_fetch_add(&h->refused, 1);
+        hub_log("refused node '%s' from %s: %u nodes connected already", c->cn, c->peer,
+                h->max_nodes);
+        conn_close(h, c, 1013 /* try again later */, "controller at its node limit");
+        goto done;
+    }
     if (ns->c) {
         conn *old = ns->c;
         hub_log("node '%s' connected again from %s; closing its older connection", c->cn, c->peer);
@@ -1180,6 +1391,32 @@ static void conn_identify(hub *h, conn *c)
     c->high_seq = ns->high_seq;
 done:
     X509_free(x);
+}
+
+/* Before a websocket upgrade is accepted (and holds anything): without a
+ * client certificate that verified against the CA there is nothing to talk
+ * about, so lws refuses it at once. Non-zero: refuse. */
+static int upgrade_filter(hub *h, struct lws *wsi)
+{
+    SSL *ssl = lws_get_ssl(wsi);
+    X509 *x = ssl ? SSL_get0_peer_certificate(ssl) : NULL;
+    long vr = x ? SSL_get_verify_result(ssl) : X509_V_OK;
+    char peer[64];
+    if (x && vr == X509_V_OK)
+        return 0;
+    atomic_fetch_add(&h->refused, 1);
+    if (ratelog_allow(&h->log_refused)) {
+        if (!lws_get_peer_simple(wsi, peer, sizeof(peer)))
+            snprintf(peer, sizeof(peer), "?");
+        if (!x)
+            hub_log("refused a websocket from %s: no client certificate (enroll the node first)",
+                    peer);
+        else
+            hub_log("refused a websocket from %s: client certificate not accepted: %s (not "
+                    "issued by this controller?)",
+                    peer, X509_verify_cert_error_string(vr));
+    }
+    return -1;
 }
 
 static conn *conn_new(hub *h, struct lws *wsi)
@@ -1323,16 +1560,11 @@ static int cb_ws(struct lws *wsi, enum lws_callback_reasons reason, void *user, 
     ws_pss *pss = user;
     conn *c = pss ? pss->c : NULL;
     switch (reason) {
+    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: return upgrade_filter(h, wsi);
     case LWS_CALLBACK_ESTABLISHED:
         if (!(c = conn_new(h, wsi)))
             return -1;
         pss->c = c;
-        if (h->nconns > h->max_nodes) {
-            atomic_fetch_add(&h->refused, 1);
-            hub_log("refused a connection from %s: %u connections already", c->peer, h->max_nodes);
-            conn_close(h, c, 1013 /* try again later */, "controller at its node limit");
-            return 0;
-        }
         conn_identify(h, c);
         return 0;
     case LWS_CALLBACK_RECEIVE: return c ? ws_receive(h, c, in, len) : -1;
@@ -1372,47 +1604,219 @@ static char *json_error(const char *code, const char *fmt, ...)
     return s;
 }
 
-/* Sends the headers now and body (taken) when writable. -1: close. */
-static int http_respond(struct lws *wsi, http_pss *p, unsigned status, char *body)
+/* Writes the response headers for p->resp. -1: close. */
+static int http_headers(struct lws *wsi, http_pss *p, unsigned status)
 {
     unsigned char buf[LWS_PRE + 512], *start = buf + LWS_PRE, *pos = start,
                                       *end = buf + sizeof(buf) - 1;
+    if (lws_add_http_common_headers(wsi, status, "application/json", (lws_filepos_t)p->resp_len,
+                                    &pos, end) ||
+        lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
+                                    (const unsigned char *)"no-store", 8, &pos, end) ||
+        (p->retry_after && lws_add_http_header_by_name(wsi, (const unsigned char *)"retry-after:",
+                                                       (const unsigned char *)"1", 1, &pos, end)) ||
+        lws_finalize_write_http_header(wsi, start, &pos, end))
+        return -1;
+    return 0;
+}
+
+/* Sends the headers now and body (taken) when writable. -1: close. */
+static int http_respond(struct lws *wsi, http_pss *p, unsigned status, char *body)
+{
     if (!body)
         return -1;
     free(p->resp);
     p->resp = body;
     p->resp_len = strlen(body);
-    if (lws_add_http_common_headers(wsi, status, "application/json", (lws_filepos_t)p->resp_len,
-                                    &pos, end) ||
-        lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
-                                    (const unsigned char *)"no-store", 8, &pos, end) ||
-        lws_finalize_write_http_header(wsi, start, &pos, end))
+    if (http_headers(wsi, p, status) != 0)
         return -1;
     lws_callback_on_writable(wsi);
     return 0;
 }
 
-/* A node enrolled again: its connection with the old certificate goes. */
-static void after_enroll(hub *h, const char *resp)
+/* --- enrollment: the lws thread admits and answers, the enroller works ------------ */
+
+/* The connection waiting for job id stopped waiting (it closed, or started
+ * another request): its answer, when it comes, goes nowhere. */
+static void enroll_detach(hub *h, http_pss *p)
 {
-    cJSON *r = cJSON_Parse(resp);
-    const cJSON *node = cJSON_GetObjectItemCaseSensitive(r, "node");
-    store_node_identity id;
-    if (cJSON_IsString(node)) {
-        hub_log("node '%s' enrolled", node->valuestring);
-        if (store_node_identity_get(h->ls, node->valuestring, &id) == STORE_OK) {
-            nstate *ns = nmap_find(&h->nodes, id.id);
-            if (ns && ns->c)
-                conn_close(h, ns->c, CLOSE_REFUSED, "node enrolled again with a new certificate");
-        }
+    for (size_t i = 0; p->job && i < HUB_ENROLL_ACTIVE; i++)
+        if (h->enroll_wait[i].id == p->job)
+            h->enroll_wait[i].wsi = NULL;
+    p->job = 0;
+}
+
+/* A free waiting slot (enrollments in progress are bounded), or -1; and
+ * the rate: a bucket of HUB_ENROLL_RATE refilled at that many a second. On
+ * refusal why says which. */
+static int enroll_admit(hub *h, const char **why)
+{
+    int64_t t = mono_ms();
+    int slot = -1;
+    h->enroll_tokens += (double)(t - h->enroll_refill) * HUB_ENROLL_RATE / 1000.0;
+    if (h->enroll_tokens > HUB_ENROLL_RATE)
+        h->enroll_tokens = HUB_ENROLL_RATE;
+    h->enroll_refill = t;
+    for (int i = 0; i < HUB_ENROLL_ACTIVE && slot < 0; i++)
+        if (!h->enroll_wait[i].id)
+            slot = i;
+    if (slot < 0) {
+        *why = "too many enrollments in progress";
+        return -1;
     }
-    cJSON_Delete(r);
+    if (h->enroll_tokens < 1.0) {
+        *why = "too many enrollments per second";
+        return -1;
+    }
+    h->enroll_tokens -= 1.0;
+    return slot;
+}
+
+/* Hands the request's body to the enroller; the answer comes through the
+ * inbox (enroll_answer). */
+static int enroll_dispatch(hub *h, struct lws *wsi, http_pss *p)
+{
+    const char *why = NULL;
+    int slot = enroll_admit(h, &why);
+    ejob *j;
+    if (slot < 0) {
+        char peer[64];
+        atomic_fetch_add(&h->enrollments_refused, 1);
+        if (ratelog_allow(&h->log_enroll_limit)) {
+            if (!lws_get_peer_simple(wsi, peer, sizeof(peer)))
+                snprintf(peer, sizeof(peer), "?");
+            hub_log("refused an enrollment from %s: 429 %s", peer, why);
+        }
+        p->retry_after = true;
+        return http_respond(wsi, p, 429,
+                            json_error("too-many-requests",
+                                       "%s (at most %d at once and %d a second); try again "
+                                       "in a second",
+                                       why, HUB_ENROLL_ACTIVE, HUB_ENROLL_RATE));
+    }
+    if (!(j = calloc(1, sizeof(*j))))
+        return http_respond(wsi, p, 500, json_error("internal", "out of memory"));
+    j->id = ++h->next_job;
+    j->body = p->body; /* taken */
+    j->len = p->len;
+    p->body = NULL;
+    p->len = p->cap = 0;
+    if (!lws_get_peer_simple(wsi, j->peer, sizeof(j->peer)))
+        snprintf(j->peer, sizeof(j->peer), "?");
+    h->enroll_wait[slot].id = j->id;
+    h->enroll_wait[slot].wsi = wsi;
+    p->job = j->id;
+    lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, HUB_ENROLL_WAIT_S);
+    pthread_mutex_lock(&h->e_lock);
+    if (h->eq_tail)
+        h->eq_tail->next = j;
+    else
+        h->eq = j;
+    h->eq_tail = j;
+    pthread_cond_signal(&h->e_cond);
+    pthread_mutex_unlock(&h->e_lock);
+    return 0;
+}
+
+/* The enroller's answer to j (lws thread): to its connection if it still
+ * waits; a node enrolled again loses its connection with the old
+ * certificate. */
+static void enroll_answer(hub *h, ejob *j)
+{
+    struct lws *wsi = NULL;
+    for (size_t i = 0; i < HUB_ENROLL_ACTIVE; i++)
+        if (h->enroll_wait[i].id == j->id) {
+            wsi = h->enroll_wait[i].wsi;
+            h->enroll_wait[i].id = 0;
+            h->enroll_wait[i].wsi = NULL;
+        }
+    if (j->status == 200) {
+        atomic_fetch_add(&h->enrollments, 1);
+        hub_log("node '%s' enrolled from %s", j->node, j->peer);
+        nstate *ns = j->node_id ? nmap_find(&h->nodes, j->node_id) : NULL;
+        if (ns && ns->c)
+            conn_close(h, ns->c, CLOSE_REFUSED, "node enrolled again with a new certificate");
+    } else {
+        atomic_fetch_add(&h->enrollments_refused, 1);
+        if (ratelog_allow(&h->log_enroll))
+            hub_log("refused an enrollment from %s: %d %s", j->peer, j->status,
+                    j->resp ? j->resp : "");
+    }
+    if (!wsi)
+        return;
+    http_pss *p = lws_wsi_user(wsi);
+    char *body = j->resp ? j->resp : json_error("internal", "out of memory");
+    j->resp = NULL;
+    if (!p || !body) {
+        free(body);
+        lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+        return;
+    }
+    p->job = 0;
+    free(p->resp);
+    p->resp = body;
+    p->resp_len = strlen(body);
+    p->status = (unsigned)j->status;
+    p->hdr_pending = true;
+    lws_set_timeout(wsi, NO_PENDING_TIMEOUT, 0);
+    lws_callback_on_writable(wsi);
+}
+
+/* The enroller's work on one request (its own store handle; the only
+ * thread that signs node certificates). */
+static void enroll_run(hub *h, ejob *j)
+{
+    if (enroll_handle(h->es, h->o.ca, j->body ? j->body : "", j->len, &j->status, &j->resp) != 0) {
+        j->status = 500;
+        j->resp = NULL;
+    }
+    if (j->body) {
+        explicit_bzero(j->body, j->len);
+        free(j->body);
+        j->body = NULL;
+    }
+    if (j->status == 200) {
+        cJSON *r = cJSON_Parse(j->resp);
+        const cJSON *node = cJSON_GetObjectItemCaseSensitive(r, "node");
+        store_node_identity id;
+        if (cJSON_IsString(node)) {
+            snprintf(j->node, sizeof(j->node), "%s", node->valuestring);
+            if (store_node_identity_get(h->es, node->valuestring, &id) == STORE_OK)
+                j->node_id = id.id;
+        }
+        cJSON_Delete(r);
+    }
+}
+
+static void *enroll_main(void *arg)
+{
+    hub *h = arg;
+    for (;;) {
+        pthread_mutex_lock(&h->e_lock);
+        while (!h->eq && !h->e_stop)
+            pthread_cond_wait(&h->e_cond, &h->e_lock);
+        ejob *j = h->e_stop ? NULL : h->eq;
+        if (j) {
+            h->eq = j->next;
+            if (!h->eq)
+                h->eq_tail = NULL;
+            j->next = NULL;
+        }
+        pthread_mutex_unlock(&h->e_lock);
+        if (!j)
+            break;
+        enroll_run(h, j);
+        pthread_mutex_lock(&h->in_lock);
+        j->next = h->in_enroll;
+        h->in_enroll = j;
+        wake_lws(h);
+        pthread_mutex_unlock(&h->in_lock);
+    }
+    return NULL;
 }
 
 static int http_body_done(hub *h, struct lws *wsi, http_pss *p)
 {
-    int status = 500;
-    char *resp = NULL, peer[64];
     if (!p->enroll) {
         p->close = true;
         return http_respond(wsi, p, 404,
@@ -1425,18 +1829,7 @@ static int http_body_done(hub *h, struct lws *wsi, http_pss *p)
             wsi, p, 413,
             json_error("too-large", "the body is larger than %d bytes", ENROLL_BODY_MAX));
     }
-    if (enroll_handle(h->ls, h->o.ca, p->body ? p->body : "", p->len, &status, &resp) != 0)
-        return http_respond(wsi, p, 500, json_error("internal", "out of memory"));
-    if (status == 200) {
-        atomic_fetch_add(&h->enrollments, 1);
-        after_enroll(h, resp);
-    } else {
-        atomic_fetch_add(&h->enrollments_refused, 1);
-        if (!lws_get_peer_simple(wsi, peer, sizeof(peer)))
-            snprintf(peer, sizeof(peer), "?");
-        hub_log("refused an enrollment from %s: %d %s", peer, status, resp ? resp : "");
-    }
-    return http_respond(wsi, p, (unsigned)status, resp);
+    return enroll_dispatch(h, wsi, p);
 }
 
 static int cb_http(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
@@ -1461,6 +1854,8 @@ static int cb_http(struct lws *wsi, enum lws_callback_reasons reason, void *user
         return -1; /* a websocket without subprotocol portcullis.v1 */
     case LWS_CALLBACK_HTTP: {
         char cl[32];
+        if (h)
+            enroll_detach(h, p);
         http_reset(p);
         p->post = lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) > 0;
         p->enroll = p->post && strcmp((const char *)in, "/enroll") == 0;
@@ -1488,7 +1883,7 @@ static int cb_http(struct lws *wsi, enum lws_callback_reasons reason, void *user
         return 0;
     }
     case LWS_CALLBACK_HTTP_BODY:
-        if (p->too_large || p->resp)
+        if (p->too_large || p->resp || p->job)
             return 0;
         if (p->len + len > ENROLL_BODY_MAX) {
             p->too_large = true;
@@ -1509,12 +1904,21 @@ static int cb_http(struct lws *wsi, enum lws_callback_reasons reason, void *user
         p->body[p->len] = '\0';
         return 0;
     case LWS_CALLBACK_HTTP_BODY_COMPLETION:
-        if (p->resp)
+        if (p->resp || p->job)
             return 0;
         return http_body_done(h, wsi, p);
     case LWS_CALLBACK_HTTP_WRITEABLE: {
         if (!p->resp)
             return 0;
+        if (p->hdr_pending) {
+            /* An answer from the enroller: headers first, the body when
+             * writable again. */
+            p->hdr_pending = false;
+            if (http_headers(wsi, p, p->status) != 0)
+                return -1;
+            lws_callback_on_writable(wsi);
+            return 0;
+        }
         unsigned char *buf = malloc(LWS_PRE + p->resp_len);
         if (!buf)
             return -1;
@@ -1529,8 +1933,11 @@ static int cb_http(struct lws *wsi, enum lws_callback_reasons reason, void *user
     }
     case LWS_CALLBACK_CLOSED_HTTP:
     case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
-        if (p)
+        if (p) {
+            if (h)
+                enroll_detach(h, p);
             http_reset(p);
+        }
         return 0;
     default: return lws_callback_http_dummy(wsi, reason, user, in, len);
     }
@@ -1587,10 +1994,44 @@ static void *lws_main(void *arg)
 
 /* --- writer thread ---------------------------------------------------------------- */
 
-static void writer_apply(hub *h, witem *batch)
+/* Puts the node-state records of a failed round back at the front of the
+ * queue, in their order, for the next round; one that failed
+ * HUB_WRITE_TRIES rounds, or any while the hub stops, is logged and
+ * dropped. Takes retry (linked by next). */
+static void writer_requeue(hub *h, witem *retry, witem *retry_tail, size_t nretry)
 {
-    size_t n = 0;
+    if (!retry)
+        return;
+    pthread_mutex_lock(&h->w_lock);
+    retry_tail->next = h->wq;
+    h->wq = retry;
+    if (!h->wq_tail)
+        h->wq_tail = retry_tail;
+    pthread_mutex_unlock(&h->w_lock);
+    hub_log("%zu node-state record%s will be tried again", nretry, nretry == 1 ? "" : "s");
+}
+
+static const char *link_kind_name(store_link_kind k)
+{
+    switch (k) {
+    case STORE_LINK_EVENTS: return "events";
+    case STORE_LINK_HELLO: return "connected";
+    case STORE_LINK_VERSIONS: return "versions";
+    case STORE_LINK_STATS: return "stats";
+    case STORE_LINK_SEEN: return "last seen";
+    case STORE_LINK_GONE: return "disconnected";
+    case STORE_LINK_OFFICE_PENDING: return "office pending";
+    }
+    return "?";
+}
+
+/* Stores batch in one transaction. Returns whether that failed (the
+ * writer then pauses before its next round). */
+static bool writer_apply(hub *h, witem *batch)
+{
+    size_t n = 0, nretry = 0;
     int rc = STORE_ERR;
+    witem *retry = NULL, *retry_tail = NULL;
     for (witem *w = batch; w; w = w->next)
         h->w_ops[n++] = w->op;
     for (int attempt = 0; attempt < 3; attempt++) {
@@ -1613,12 +2054,32 @@ static void writer_apply(hub *h, witem *batch)
         pthread_mutex_unlock(&h->in_lock);
     }
     n = 0;
+    pthread_mutex_lock(&h->w_lock);
+    bool stopping = h->w_stop;
+    pthread_mutex_unlock(&h->w_lock);
     for (witem *w = batch, *next; w; w = next) {
         next = w->next;
         w->op = h->w_ops[n++];
         if (rc != STORE_OK) {
             w->op.rc = rc;
             snprintf(w->op.error, sizeof(w->op.error), "%s", store_error_message(h->ws));
+            if (w->op.kind != STORE_LINK_EVENTS) {
+                /* Connected, pending, enforced would stay wrong: again. */
+                if (!stopping && ++w->tries < HUB_WRITE_TRIES) {
+                    w->next = NULL;
+                    if (retry_tail)
+                        retry_tail->next = w;
+                    else
+                        retry = w;
+                    retry_tail = w;
+                    nretry++;
+                } else {
+                    hub_log("node %" PRId64 ": %s record dropped after %u failed tries: %s",
+                            w->op.node_id, link_kind_name(w->op.kind), w->tries, w->op.error);
+                    witem_free(w);
+                }
+                continue;
+            }
         } else if (w->op.rc != STORE_OK && w->op.kind != STORE_LINK_EVENTS) {
             hub_log("node %" PRId64 ": recording state failed: %s", w->op.node_id, w->op.error);
         }
@@ -1633,6 +2094,8 @@ static void writer_apply(hub *h, witem *batch)
             witem_free(w);
         }
     }
+    writer_requeue(h, retry, retry_tail, nretry);
+    return rc != STORE_OK;
 }
 
 static void writer_prune(hub *h, int64_t *next_prune)
@@ -1680,8 +2143,17 @@ static void *writer_main(void *arg)
         if (!h->wq)
             h->wq_tail = NULL;
         pthread_mutex_unlock(&h->w_lock);
-        if (batch)
-            writer_apply(h, batch);
+        if (batch && writer_apply(h, batch)) {
+            /* The database refused the round: give it a moment (new work
+             * queues meanwhile) unless the hub stops. */
+            int64_t until = mono_ms() + HUB_WRITE_RETRY_MS;
+            pthread_mutex_lock(&h->w_lock);
+            while (!h->w_stop && mono_ms() < until) {
+                struct timespec dl = deadline_in(until - mono_ms());
+                pthread_cond_timedwait(&h->w_cond, &h->w_lock, &dl);
+            }
+            pthread_mutex_unlock(&h->w_lock);
+        }
         if (stop)
             break;
         if (mono_ms() >= next_prune)
@@ -1721,10 +2193,26 @@ static bool model_has_office(const model *m, int64_t id)
     return false;
 }
 
+/* Whether the oversized document of office id at revision rev is news (it
+ * is logged once, not at every rebuild). Compiler thread. */
+static bool over_first(hub *h, int64_t id, int64_t rev)
+{
+    for (size_t i = 0; i < HUB_OVER_LOGGED; i++)
+        if (h->over_logged[i].office == id && h->over_logged[i].rev == rev)
+            return false;
+    h->over_logged[h->over_next].office = id;
+    h->over_logged[h->over_next].rev = rev;
+    h->over_next = (h->over_next + 1) % HUB_OVER_LOGGED;
+    return true;
+}
+
 /* Compiles office id from m into t->docs[t->ndocs++]; a compile error is
  * logged (once per distinct text) and the office left out, so its nodes keep
- * what they run. */
-static int table_add(ptable *t, const model *m, int64_t id, char *last_err, size_t last_errlen)
+ * what they run. A document whose message would be larger than a node
+ * accepts is logged the same way and entered without a frame: the lws
+ * thread keeps the office's previous one and tells its nodes why. */
+static int table_add(hub *h, ptable *t, const model *m, int64_t id, char *last_err,
+                     size_t last_errlen)
 {
     char *doc = NULL, sha[65], err[COMPILER_ERR_MAX];
     pcw_frame f;
@@ -1737,6 +2225,7 @@ static int table_add(ptable *t, const model *m, int64_t id, char *last_err, size
         return 0;
     }
     int rc = pcw_build_policy(&f, m->revision, sha, doc, strlen(doc));
+    size_t doclen = strlen(doc);
     free(doc);
     if (rc != 0)
         return -1;
@@ -1744,6 +2233,22 @@ static int table_add(ptable *t, const model *m, int64_t id, char *last_err, size
     d->office_id = id;
     d->version = m->revision;
     snprintf(d->sha256, sizeof(d->sha256), "%s", sha);
+    if (f.len > PCW_CONTROLLER_FRAME_MAX) {
+        char e[COMPILER_ERR_MAX];
+        snprintf(e, sizeof(e),
+                 "office %" PRId64 " at revision %" PRId64 ": the document is %zu bytes (%zu as a "
+                 "policy message), over the %d MiB a node accepts; its nodes keep the previous "
+                 "document",
+                 id, m->revision, doclen, f.len, PCW_CONTROLLER_FRAME_MAX / (1024 * 1024));
+        if (over_first(h, id, m->revision))
+            hub_log("%s", e);
+        d->oversize = f.len;
+        d->over_version = m->revision;
+        d->sha256[0] = '\0';
+        pcw_frame_free(&f);
+        t->ndocs++;
+        return 0;
+    }
     if (!(d->frame = oframe_new(&f)))
         return -1;
     t->ndocs++;
@@ -1781,12 +2286,12 @@ static ptable *table_build(hub *h, char *last_err, size_t last_errlen)
         int64_t id = mr.offices[i].id;
         bool canary =
             have_c && in_sorted(plan.canary_offices, plan.ncanary, id) && model_has_office(&mc, id);
-        if (!canary && table_add(t, &mr, id, last_err, last_errlen) != 0)
+        if (!canary && table_add(h, t, &mr, id, last_err, last_errlen) != 0)
             goto done;
     }
     for (size_t i = 0; have_c && i < plan.ncanary; i++)
         if (model_has_office(&mc, plan.canary_offices[i]) &&
-            table_add(t, &mc, plan.canary_offices[i], last_err, last_errlen) != 0)
+            table_add(h, t, &mc, plan.canary_offices[i], last_err, last_errlen) != 0)
             goto done;
     qsort(t->docs, t->ndocs, sizeof(*t->docs), cmp_doc);
     size_t nn = (size_t)cJSON_GetArraySize(nodes);
@@ -2000,7 +2505,11 @@ int hub_start(const hub_options *o, hub **out, char *err, size_t errlen)
     pthread_cond_init(&h->w_cond, NULL);
     pthread_mutex_init(&h->c_lock, NULL);
     pthread_cond_init(&h->c_cond, NULL);
+    pthread_mutex_init(&h->e_lock, NULL);
+    pthread_cond_init(&h->e_cond, NULL);
     h->locks_ready = true;
+    h->enroll_tokens = HUB_ENROLL_RATE;
+    h->enroll_refill = mono_ms();
     h->c_dirty = true; /* the first table */
     if (!(h->w_ops = calloc(HUB_WRITE_OPS, sizeof(*h->w_ops)))) {
         snprintf(err, errlen, "hub: out of memory");
@@ -2008,7 +2517,8 @@ int hub_start(const hub_options *o, hub **out, char *err, size_t errlen)
     }
     if (store_open(o->db_path, &h->ls, err, errlen) != STORE_OK ||
         store_open(o->db_path, &h->ws, err, errlen) != STORE_OK ||
-        store_open(o->db_path, &h->cs, err, errlen) != STORE_OK)
+        store_open(o->db_path, &h->cs, err, errlen) != STORE_OK ||
+        store_open(o->db_path, &h->es, err, errlen) != STORE_OK)
         goto fail;
 
     lws_set_log_level(LLL_ERR, lws_log_emit);
@@ -2055,6 +2565,11 @@ int hub_start(const hub_options *o, hub **out, char *err, size_t errlen)
         goto fail;
     }
     h->compiler_started = true;
+    if (pthread_create(&h->enroll_thread, NULL, enroll_main, h) != 0) {
+        snprintf(err, errlen, "hub: cannot start the enrollment thread");
+        goto fail;
+    }
+    h->enroll_started = true;
     if (pthread_create(&h->lws_thread, NULL, lws_main, h) != 0) {
         snprintf(err, errlen, "hub: cannot start the service thread");
         goto fail;
@@ -2105,6 +2620,7 @@ void hub_get_stats(hub *h, hub_stats *out)
     out->bad_messages = atomic_load(&h->bad_messages);
     out->events_received = atomic_load(&h->events_received);
     out->events_stored = atomic_load(&h->events_stored);
+    out->events_rejected = atomic_load(&h->events_rejected);
     out->events_held = atomic_load(&h->events_held);
     out->policies_sent = atomic_load(&h->policies_sent);
     out->acks_applied = atomic_load(&h->acks_applied);
@@ -2118,8 +2634,8 @@ void hub_stop(hub *h)
     if (!h)
         return;
     /* The service thread first (its connections post their last records to
-     * the writer), then the compiler, then the writer, which stores what is
-     * queued before it returns. */
+     * the writer; no new enrollments), then the enroller and the compiler,
+     * then the writer, which stores what is queued before it returns. */
     atomic_store(&h->stopping, true);
     if (h->lws_started) {
         pthread_mutex_lock(&h->in_lock);
@@ -2129,6 +2645,13 @@ void hub_stop(hub *h)
     } else if (h->ctx) {
         lws_context_destroy(h->ctx);
         h->ctx = NULL;
+    }
+    if (h->enroll_started) {
+        pthread_mutex_lock(&h->e_lock);
+        h->e_stop = true;
+        pthread_cond_signal(&h->e_cond);
+        pthread_mutex_unlock(&h->e_lock);
+        pthread_join(h->enroll_thread, NULL);
     }
     if (h->compiler_started) {
         pthread_mutex_lock(&h->c_lock);
@@ -2159,13 +2682,26 @@ void hub_stop(hub *h)
         h->in_kicks = k->next;
         free(k);
     }
+    while (h->eq) {
+        ejob *j = h->eq;
+        h->eq = j->next;
+        ejob_free(j);
+    }
+    while (h->in_enroll) {
+        ejob *j = h->in_enroll;
+        h->in_enroll = j->next;
+        ejob_free(j);
+    }
     ptable_free(h->in_table);
     ptable_free(h->table);
     nmap_free(&h->nodes);
+    store_close(h->es);
     store_close(h->cs);
     store_close(h->ws);
     store_close(h->ls);
     if (h->locks_ready) {
+        pthread_cond_destroy(&h->e_cond);
+        pthread_mutex_destroy(&h->e_lock);
         pthread_cond_destroy(&h->c_cond);
         pthread_mutex_destroy(&h->c_lock);
         pthread_cond_destroy(&h->w_cond);

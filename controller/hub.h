@@ -7,8 +7,9 @@
  *
  * Threads: the lws service thread (connections, never waits on SQLite
  * writes), the writer (store_link_apply, retention), the compiler (builds
- * every office's document when the policy or the rollout changes). Each has
- * its own store handle.
+ * every office's document when the policy or the rollout changes), the
+ * enroller (answers POST /enroll: the token's transaction and the signing).
+ * Each has its own store handle.
  */
 #ifndef PORTCULLIS_HUB_H
 #define PORTCULLIS_HUB_H
@@ -23,11 +24,11 @@
 typedef struct hub hub;
 
 typedef struct hub_options {
-    const char *listen;   /* "ADDR:PORT"; port 0 picks one */
-    const char *db_path;  /* the store the hub opens its handles on */
-    ca *ca;               /* kept by the caller for the hub's life */
-    unsigned max_nodes;   /* connections at once; 0 = 10000 */
-    unsigned ping_s;      /* ping interval; 0 = 30 */
+    const char *listen;  /* "ADDR:PORT"; port 0 picks one */
+    const char *db_path; /* the store the hub opens its handles on */
+    ca *ca;              /* kept by the caller for the hub's life */
+    unsigned max_nodes;  /* identified nodes at once; 0 = 10000 */
+    unsigned ping_s;     /* ping interval; 0 = 30 */
     /* Events held in memory (received, not yet stored), all nodes
      * together; credit is granted from it. 0 = 25000 (as parsed JSON an
      * event takes about 2.5 KiB). */
@@ -58,15 +59,16 @@ void hub_set_stored_listener(hub *h, void (*fn)(void *arg), void *arg);
 
 /* Counters for GET /api/v1/hub and the benchmark. */
 typedef struct hub_stats {
-    uint64_t connected;         /* nodes connected now */
-    uint64_t refused;           /* handshakes or identities refused */
-    uint64_t bad_messages;      /* errors answered and connections closed */
-    uint64_t events_received;   /* in batches accepted */
-    uint64_t events_stored;     /* new rows */
-    uint64_t events_held;       /* in memory now */
+    uint64_t connected;       /* nodes connected now */
+    uint64_t refused;         /* upgrades, identities or connections over the limit refused */
+    uint64_t bad_messages;    /* errors answered and connections closed */
+    uint64_t events_received; /* in batches accepted */
+    uint64_t events_stored;   /* new rows */
+    uint64_t events_rejected; /* malformed events skipped in stored batches */
+    uint64_t events_held;     /* in memory now */
     uint64_t policies_sent;
     uint64_t acks_applied, acks_failed;
-    uint64_t enrollments, enrollments_refused;
+    uint64_t enrollments, enrollments_refused; /* refused includes 429 (rate limit) */
 } hub_stats;
 void hub_get_stats(hub *h, hub_stats *out);
 

@@ -18,6 +18,8 @@ static void settings_free(model_settings *s)
     for (size_t i = 0; i < s->nopen_ports; i++)
         free_strv(s->open_ports[i].devices, s->open_ports[i].ndevices);
     free(s->open_ports);
+    free_strv(s->dns_resolvers, s->ndns_resolvers);
+    free_strv(s->web_devices, s->nweb_devices);
 }
 
 void model_free(model *m)

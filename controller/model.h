@@ -36,21 +36,38 @@ typedef struct model_settings {
     bool has_use_lists;
     size_t nuse_lists;
     char **use_lists;
-    /* Firewall knobs of the white paper, kept now and compiled into the
-     * node's firewall section once the node has one (issue 5). */
+    /* The firewall (docs/firewall.md), compiled into the document's
+     * "firewall" part. High ports: forwarded traffic to a port >= the
+     * threshold is dropped unless open_ports lets it through. */
     bool has_block_high_ports, block_high_ports;
     bool has_high_port_threshold;
     uint16_t high_port_threshold;
-    /* Open ports whitelist: port/proto allowed for the listed device
-     * prefixes (e.g. 25/tcp for the mail server only). */
+    /* Open ports whitelist: port (or port..port_last) over proto allowed
+     * for the listed device prefixes (e.g. 25/tcp for the mail server only). */
     bool has_open_ports;
     size_t nopen_ports;
     struct model_open_port {
         uint16_t port;
-        char proto[4]; /* "tcp" or "udp" */
+        uint16_t port_last; /* a range's last port; 0: the one port */
+        char proto[4];      /* "tcp" or "udp" */
         size_t ndevices;
         char **devices; /* CIDRs */
     } *open_ports;
+    /* Where LAN DNS may go: IP addresses ([]: nowhere). Unset at every
+     * scope: to any resolver. */
+    bool has_dns_resolvers;
+    size_t ndns_resolvers;
+    char **dns_resolvers;
+    /* "transparent" (the node's own proxy takes LAN web traffic) or "proxy"
+     * (the proxy runs elsewhere: only web_devices reach the web ports). */
+    bool has_web_mode;
+    char web_mode[12];
+    bool has_web_devices;
+    size_t nweb_devices;
+    char **web_devices; /* CIDRs */
+    /* Dropped packets logged, at most this many a minute; 0: not logged. */
+    bool has_log_drops_per_minute;
+    uint16_t log_drops_per_minute;
 } model_settings;
 
 typedef enum {

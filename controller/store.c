@@ -20,7 +20,9 @@
 
 #define APP_ID 0x50437374 /* "PCst": PRAGMA application_id of our databases */
 #define BUSY_TIMEOUT_MS 5000
-#define SNAPSHOT_FORMAT 1
+/* 2: settings have the firewall fields of 003_firewall.sql. A snapshot of
+ * format 1 (and changes written before it) lack them: read as null. */
+#define SNAPSHOT_FORMAT 2
 #define CHECKPOINT_MAX_GAP 1000 /* revisions between whole-model snapshots, at most */
 #define MAX_LABEL 128           /* region and office names, actors, token labels */
 #define MAX_IDENT 64            /* group, list, node and user names */
@@ -996,13 +998,17 @@ static const col settings_cols[] = {{"scope", C_TEXT},
                                     {"block_high_ports", C_BOOL},
                                     {"high_port_threshold", C_INT},
                                     {"open_ports", C_JSON},
+                                    {"dns_resolvers", C_JSON},
+                                    {"web_mode", C_TEXT},
+                                    {"web_devices", C_JSON},
+                                    {"log_drops_per_minute", C_INT},
                                     {"etag", C_INT}};
 static const otype ot_settings = {
     .name = "settings",
     .plural = "settings",
     .select = "SELECT scope, coalesce(region_id, office_id), ports, require_certificate, "
               "block_executables, use_lists, block_high_ports, high_port_threshold, open_ports, "
-              "etag FROM settings",
+              "dns_resolvers, web_mode, web_devices, log_drops_per_minute, etag FROM settings",
     .cols = settings_cols,
     .ncols = N(settings_cols),
     .order = " ORDER BY CASE scope WHEN 'global' THEN 0 WHEN 'region' THEN 1 ELSE 2 END, "
@@ -1011,12 +1017,14 @@ static const otype ot_settings = {
     .nw = N(settings_cols) - 1,
     .update = "UPDATE settings SET ports = ?4, require_certificate = ?5, block_executables = ?6, "
               "use_lists = ?7, block_high_ports = ?8, high_port_threshold = ?9, "
-              "open_ports = ?10, etag = ?11 "
+              "open_ports = ?10, dns_resolvers = ?11, web_mode = ?12, web_devices = ?13, "
+              "log_drops_per_minute = ?14, etag = ?15 "
               "WHERE scope = ?2 AND coalesce(region_id, office_id, 0) = coalesce(?3, 0)",
     .insert = "INSERT INTO settings (scope, region_id, office_id, ports, require_certificate, "
               "block_executables, use_lists, block_high_ports, high_port_threshold, open_ports, "
-              "etag) VALUES (?2, CASE ?2 WHEN 'region' THEN ?3 END, "
-              "CASE ?2 WHEN 'office' THEN ?3 END, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+              "dns_resolvers, web_mode, web_devices, log_drops_per_minute, etag) "
+              "VALUES (?2, CASE ?2 WHEN 'region' THEN ?3 END, CASE ?2 WHEN 'office' THEN ?3 END, "
+              "?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
 };
 
 static const otype *const kinds[] = {&ot_region, &ot_office, &ot_group,
@@ -1691,6 +1699,68 @@ static void field_prefix(store *s, const char *prefix)
     memcpy(s->field, g, sizeof(g));
 }
 
+/* A decimal port of 1 to 5 digits (no sign, no leading zero) at *p; moves
+ * *p past it. */
+static bool port_digits(const char **p, int64_t *out)
+{
+    const char *q = *p;
+    int64_t v = 0;
+    size_t n = 0;
+    while (q[n] >= '0' && q[n] <= '9' && n < 6)
+        v = v * 10 + (q[n++] - '0');
+    if (n == 0 || n > 5 || (n > 1 && q[0] == '0') || v < 1 || v > 65535)
+        return false;
+    *p = q + n;
+    *out = v;
+    return true;
+}
+
+/* An open port: a number, or a string "N" or "N-M" (a range); *last is
+ * *first for one port. */
+static int want_port_range(store *s, const cJSON *v, const char *field, int64_t *first,
+                           int64_t *last)
+{
+    if (cJSON_IsNumber(v)) {
+        int rc = want_int(s, v, field, 1, 65535, first);
+        *last = *first;
+        return rc;
+    }
+    const char *p = cJSON_IsString(v) ? v->valuestring : NULL;
+    if (!p || !port_digits(&p, first))
+        return invalid(s, field, "must be a port (1 to 65535) or a range such as \"8000-8100\"");
+    *last = *first;
+    if (*p == '-') {
+        p++;
+        if (!port_digits(&p, last))
+            return invalid(s, field,
+                           "must be a port (1 to 65535) or a range such as \"8000-8100\"");
+    }
+    if (*p)
+        return invalid(s, field, "must be a port (1 to 65535) or a range such as \"8000-8100\"");
+    if (*last < *first)
+        return invalid(s, field, "'%s': the range ends before it starts", v->valuestring);
+    return STORE_OK;
+}
+
+/* The range of a stored open port's "port" (a number or "N-M"). */
+static void port_range_of(const cJSON *port, int64_t *first, int64_t *last)
+{
+    const char *p = cJSON_IsString(port) ? port->valuestring : NULL;
+    *first = *last = cJSON_IsNumber(port) ? (int64_t)port->valuedouble : 0;
+    if (p && port_digits(&p, first)) {
+        *last = *first;
+        if (*p == '-') {
+            p++;
+            if (!port_digits(&p, last))
+                *last = *first;
+        }
+    }
+}
+
+/* The node accepts at most this many (device, port) pairs in its service
+ * whitelist (docs/firewall.md). */
+#define MAX_ALLOW_PAIRS PC_FW_MAX_ALLOW
+
 static int check_open_ports(store *s, const cJSON *v, cJSON **out)
 {
     static const char *const keys[] = {"port", "proto", "devices", NULL};
@@ -1700,10 +1770,10 @@ static int check_open_ports(store *s, const cJSON *v, cJSON **out)
     cJSON *arr = cJSON_CreateArray();
     if (!arr)
         return oom(s);
-    int i = 0, rc = STORE_OK;
+    int i = 0, rc = STORE_OK, pairs = 0;
     for (const cJSON *it = v->child; rc == STORE_OK && it; it = it->next, i++) {
-        char f[32], g[64];
-        int64_t port = 0;
+        char f[32], g[64], pb[16];
+        int64_t port = 0, last = 0;
         const char *proto = NULL;
         cJSON *devices = NULL, *e = NULL;
         snprintf(f, sizeof(f), "open_ports[%d]", i);
@@ -1712,7 +1782,7 @@ static int check_open_ports(store *s, const cJSON *v, cJSON **out)
             field_prefix(s, f);
         if (rc == STORE_OK) {
             snprintf(g, sizeof(g), "%s.port", f);
-            rc = want_int(s, get(it, "port"), g, 1, 65535, &port);
+            rc = want_port_range(s, get(it, "port"), g, &port, &last);
         }
         if (rc == STORE_OK) {
             snprintf(g, sizeof(g), "%s.proto", f);
@@ -1722,15 +1792,32 @@ static int check_open_ports(store *s, const cJSON *v, cJSON **out)
             snprintf(g, sizeof(g), "%s.devices", f);
             rc = want_cidrs(s, get(it, "devices"), g, 1, &devices);
         }
-        for (const cJSON *o = arr->child; rc == STORE_OK && o; o = o->next)
-            if (get_int(o, "port") == port && strcmp(get_str(o, "proto"), proto) == 0)
-                rc = invalid(s, f, "%lld/%s is listed twice", (long long)port, proto);
+        if (last > port)
+            snprintf(pb, sizeof(pb), "%lld-%lld", (long long)port, (long long)last);
+        else
+            snprintf(pb, sizeof(pb), "%lld", (long long)port);
+        int j = 0;
+        for (const cJSON *o = arr->child; rc == STORE_OK && o; o = o->next, j++) {
+            int64_t a, b;
+            port_range_of(get(o, "port"), &a, &b);
+            if (strcmp(get_str(o, "proto"), proto) != 0 || b < port || a > last)
+                continue;
+            if (a == port && b == last)
+                rc = invalid(s, f, "%s/%s is listed twice", pb, proto);
+            else
+                rc = invalid(s, f, "%s/%s overlaps open_ports[%d]; list each port once", pb, proto,
+                             j);
+        }
+        if (rc == STORE_OK && (pairs += cJSON_GetArraySize(devices)) > MAX_ALLOW_PAIRS)
+            rc = invalid(s, f, "more than %d devices in all open ports", MAX_ALLOW_PAIRS);
         if (rc == STORE_OK) {
             /* jadd takes devices whether it succeeds or not. */
             if (!jpush(arr, e = cJSON_CreateObject()))
                 cJSON_Delete(devices);
             else if (!jadd(e, "devices", devices) ||
-                     !jadd(e, "port", cJSON_CreateNumber((double)port)) ||
+                     !jadd(e, "port",
+                           last > port ? cJSON_CreateString(pb)
+                                       : cJSON_CreateNumber((double)port)) ||
                      !jadd(e, "proto", cJSON_CreateString(proto)))
                 rc = oom(s);
             if (!e)
@@ -1747,18 +1834,56 @@ static int check_open_ports(store *s, const cJSON *v, cJSON **out)
     return STORE_OK;
 }
 
+#define MAX_RESOLVERS 64
+
+/* DNS resolvers: IP addresses, in the node's spelling ("::ffff:192.0.2.1"
+ * is 192.0.2.1), each once. */
+static int check_dns_resolvers(store *s, const cJSON *v, cJSON **out)
+{
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) > MAX_RESOLVERS)
+        return invalid(s, "dns_resolvers",
+                       "must be an array of at most %d IP addresses, or null (inherit)",
+                       MAX_RESOLVERS);
+    cJSON *arr = cJSON_CreateArray();
+    if (!arr)
+        return oom(s);
+    int i = 0, rc = STORE_OK;
+    for (const cJSON *it = v->child; rc == STORE_OK && it; it = it->next, i++) {
+        char f[32], buf[64];
+        pc_cidr c;
+        snprintf(f, sizeof(f), "dns_resolvers[%d]", i);
+        if (!cJSON_IsString(it) || strchr(it->valuestring, '/') ||
+            pc_cidr_parse(it->valuestring, &c, NULL, 0) != 0) {
+            rc = invalid(s, f, "must be an IP address");
+            break;
+        }
+        pc_cidr_format(&c, buf, sizeof(buf));
+        char *slash = strchr(buf, '/');
+        if (slash)
+            *slash = '\0';
+        for (const cJSON *o = arr->child; rc == STORE_OK && o; o = o->next)
+            if (strcmp(o->valuestring, buf) == 0)
+                rc = invalid(s, f, "%s is listed twice", buf);
+        if (rc == STORE_OK && !jpush(arr, cJSON_CreateString(buf)))
+            rc = oom(s);
+    }
+    if (rc != STORE_OK) {
+        cJSON_Delete(arr);
+        return rc;
+    }
+    *out = arr;
+    return STORE_OK;
+}
+
 static int check_settings(store *s, model_scope scope, int64_t scope_id, const cJSON *in,
                           cJSON **norm)
 {
-    static const char *const keys[] = {"ports",
-                                       "require_certificate",
-                                       "block_executables",
-                                       "use_lists",
-                                       "block_high_ports",
-                                       "high_port_threshold",
-                                       "open_ports",
-                                       NULL};
+    static const char *const keys[] = {"ports",       "require_certificate",  "block_executables",
+                                       "use_lists",   "block_high_ports",     "high_port_threshold",
+                                       "open_ports",  "dns_resolvers",        "web_mode",
+                                       "web_devices", "log_drops_per_minute", NULL};
     static const char *const ro[] = {"scope", "scope_id", "etag", NULL};
+    static const char *const web_modes[] = {"transparent", "proxy", NULL};
     static const char *const bools[] = {"require_certificate", "block_executables",
                                         "block_high_ports"};
     int rc = check_keys(s, in, keys, ro);
@@ -1806,6 +1931,39 @@ static int check_settings(store *s, model_scope scope, int64_t scope_id, const c
     else if ((rc = check_open_ports(s, v, &val)) != STORE_OK)
         goto done;
     if (!jadd(o, "open_ports", val))
+        goto nomem;
+    val = NULL;
+    if (is_null(v = get(in, "dns_resolvers")))
+        val = cJSON_CreateNull();
+    else if ((rc = check_dns_resolvers(s, v, &val)) != STORE_OK)
+        goto done;
+    if (!jadd(o, "dns_resolvers", val))
+        goto nomem;
+    const char *mode = NULL;
+    if (!is_null(v = get(in, "web_mode")) &&
+        (rc = want_enum(s, v, "web_mode", web_modes, "transparent, proxy", &mode)) != STORE_OK)
+        goto done;
+    if (!jadd(o, "web_mode", mode ? cJSON_CreateString(mode) : cJSON_CreateNull()))
+        goto nomem;
+    val = NULL;
+    if (is_null(v = get(in, "web_devices")))
+        val = cJSON_CreateNull();
+    else if ((rc = want_cidrs(s, v, "web_devices", 0, &val)) != STORE_OK)
+        goto done;
+    if (!jadd(o, "web_devices", val))
+        goto nomem;
+    if (mode && strcmp(mode, "transparent") == 0 && cJSON_GetArraySize(val) > 0) {
+        rc = invalid(s, "web_devices",
+                     "only with web_mode proxy: in transparent mode the node's own proxy is the "
+                     "only web client upstream");
+        goto done;
+    }
+    int64_t per_minute = -1;
+    if (!is_null(v = get(in, "log_drops_per_minute")) &&
+        (rc = want_int(s, v, "log_drops_per_minute", 0, 10000, &per_minute)) != STORE_OK)
+        goto done;
+    if (!jadd(o, "log_drops_per_minute",
+              per_minute >= 0 ? cJSON_CreateNumber((double)per_minute) : cJSON_CreateNull()))
         goto nomem;
     *norm = o;
     return STORE_OK;
@@ -2085,6 +2243,40 @@ static int record(store *s, int64_t rev, const char *actor, const char *action, 
     return rc;
 }
 
+/* Gives every settings object of snap every field of the settings, in
+ * their order: those a revision older than a migration lacks are null
+ * (inherit), as the migration made them in the table. */
+static bool snap_upgrade(cJSON *snap)
+{
+    cJSON *arr = cJSON_GetObjectItemCaseSensitive(snap, ot_settings.plural);
+    for (cJSON *o = arr ? arr->child : NULL; o; o = o->next) {
+        bool complete = true;
+        for (size_t i = 0; i < ot_settings.ncols && complete; i++)
+            complete = get(o, ot_settings.cols[i].key) != NULL;
+        if (complete)
+            continue;
+        cJSON *n = cJSON_CreateObject();
+        for (size_t i = 0; n && i < ot_settings.ncols; i++) {
+            cJSON *v = cJSON_DetachItemFromObjectCaseSensitive(o, ot_settings.cols[i].key);
+            if (!jadd(n, ot_settings.cols[i].key, v ? v : cJSON_CreateNull())) {
+                cJSON_Delete(n);
+                n = NULL;
+            }
+        }
+        while (n && o->child) { /* anything else stays, after them */
+            cJSON *v = cJSON_DetachItemViaPointer(o, o->child);
+            cJSON_AddItemToObject(n, v->string, v);
+        }
+        if (!n)
+            return false;
+        /* Swap the contents, so that o keeps its place in arr. */
+        o->child = n->child;
+        n->child = NULL;
+        cJSON_Delete(n);
+    }
+    return true;
+}
+
 /* The model at an older revision: its checkpoint and the changes since. */
 static int snapshot_rebuild(store *s, int64_t rev, cJSON **out)
 {
@@ -2112,7 +2304,7 @@ static int snapshot_rebuild(store *s, int64_t rev, cJSON **out)
         if (!j) {
             rc = fail(s, STORE_ERR, NULL, "revision %lld cannot be read", (long long)number);
         } else if (!snap) {
-            if (get_int(j, "format") != SNAPSHOT_FORMAT)
+            if (get_int(j, "format") < 1 || get_int(j, "format") > SNAPSHOT_FORMAT)
                 rc = fail(s, STORE_ERR, NULL, "revision %lld has a snapshot of format %lld",
                           (long long)number, (long long)get_int(j, "format"));
             snap = j;
@@ -2128,6 +2320,11 @@ static int snapshot_rebuild(store *s, int64_t rev, cJSON **out)
         rc = db_fail(s, r, "reading revisions");
     if (rc == STORE_OK && !snap)
         rc = fail(s, STORE_ERR, NULL, "revision %lld has no checkpoint before it", (long long)rev);
+    if (rc == STORE_OK && !snap_upgrade(snap))
+        rc = oom(s);
+    if (rc == STORE_OK && !cJSON_ReplaceItemInObjectCaseSensitive(
+                              snap, "format", cJSON_CreateNumber(SNAPSHOT_FORMAT)))
+        rc = oom(s);
     unprep(s, st);
     if (rc != STORE_OK) {
         cJSON_Delete(snap);
@@ -2705,12 +2902,33 @@ static bool settings_from(const cJSON *o, model_settings *ms)
         ms->nopen_ports = n;
         for (const cJSON *it = v->child; it; it = it->next, i++) {
             struct model_open_port *op = &ms->open_ports[i];
-            op->port = (uint16_t)get_int(it, "port");
+            int64_t first, last;
+            port_range_of(get(it, "port"), &first, &last);
+            op->port = (uint16_t)first;
+            op->port_last = last > first ? (uint16_t)last : 0;
             snprintf(op->proto, sizeof(op->proto), "%s",
                      get_str(it, "proto") ? get_str(it, "proto") : "");
             if (!strv_from(get(it, "devices"), &op->devices, &op->ndevices))
                 return false;
         }
+    }
+    if (cJSON_IsArray(v = get(o, "dns_resolvers"))) {
+        ms->has_dns_resolvers = true;
+        if (!strv_from(v, &ms->dns_resolvers, &ms->ndns_resolvers))
+            return false;
+    }
+    if (cJSON_IsString(v = get(o, "web_mode"))) {
+        ms->has_web_mode = true;
+        snprintf(ms->web_mode, sizeof(ms->web_mode), "%s", v->valuestring);
+    }
+    if (cJSON_IsArray(v = get(o, "web_devices"))) {
+        ms->has_web_devices = true;
+        if (!strv_from(v, &ms->web_devices, &ms->nweb_devices))
+            return false;
+    }
+    if (cJSON_IsNumber(v = get(o, "log_drops_per_minute"))) {
+        ms->has_log_drops_per_minute = true;
+        ms->log_drops_per_minute = (uint16_t)v->valuedouble;
     }
     return true;
 }
@@ -3738,7 +3956,9 @@ static int seed(store *s)
                         "\"1755\": \"mms\"}, \"require_certificate\": true, "
                         "\"block_executables\": true, \"use_lists\": [], "
                         "\"block_high_ports\": true, \"high_port_threshold\": 1024, "
-                        "\"open_ports\": []}");
+                        "\"open_ports\": [], \"dns_resolvers\": null, "
+                        "\"web_mode\": \"transparent\", \"web_devices\": [], "
+                        "\"log_drops_per_minute\": 0}");
         cJSON *ul = g ? cJSON_GetObjectItemCaseSensitive(g, "use_lists") : NULL;
         if (!ul || (have_skype && !jpush(ul, cJSON_CreateString("skype"))))
             rc = oom(s);

@@ -130,8 +130,11 @@ int store_object_delete(store *s, store_kind k, int64_t id, int64_t if_etag,
  * JSON fields, each null = inherit from the scope above: ports ({"443":
  * "tls", ...}: http, tls, rtsp, mms, passthrough), require_certificate,
  * block_executables, use_lists ([list name]), block_high_ports,
- * high_port_threshold (1..65535), open_ports ([{"port", "proto": "tcp"|
- * "udp", "devices": [CIDR]}]); read-only: scope, scope_id, etag. */
+ * high_port_threshold (1..65535), open_ports ([{"port": 25 or "8000-8100",
+ * "proto": "tcp"|"udp", "devices": [CIDR]}]), dns_resolvers ([IP address]),
+ * web_mode ("transparent"|"proxy"), web_devices ([CIDR]),
+ * log_drops_per_minute (0..10000, 0 = off); read-only: scope, scope_id,
+ * etag. */
 int store_settings_get(store *s, model_scope scope, int64_t scope_id, cJSON **out) STORE_WUR;
 /* Every scope's settings, global first, then regions and offices by id. */
 int store_settings_list(store *s, cJSON **out) STORE_WUR;

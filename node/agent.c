@@ -37,6 +37,14 @@ _Static_assert(PCW_PRE >= LWS_PRE, "pc_wire leaves less room than lws_write need
 /* A batch the controller has not acknowledged in this long is resent on a
  * new connection. */
 #define AGENT_BATCH_ACK_MS 120000
+/* Documents reverted by safe apply that the node remembers (reverted.json)
+ * and refuses when the controller pushes them again. */
+#define AGENT_REVERTED_KEEP 16
+#define AGENT_REVERTED_MAX_BYTES 65536
+
+/* lws's LWS_WRITE_CLOSE: the close frame's lws_write type, left out of
+ * its public header (which leaves value 4 for it). */
+#define AGENT_WRITE_CLOSE ((enum lws_write_protocol)4)
 
 typedef enum { LINK_IDLE = 0, LINK_CONNECTING, LINK_OPEN } link_state;
 
@@ -45,6 +53,12 @@ typedef struct txq {
     pcw_frame f;
     bool safe_ack; /* the ack of a document under its safe-apply check */
 } txq;
+
+typedef struct reverted_doc {
+    int64_t version;
+    char sha256[65];
+    unsigned timeout_ms; /* the check it failed */
+} reverted_doc;
 
 struct agent {
     uv_loop_t *loop;
@@ -59,7 +73,7 @@ struct agent {
     char host[256];
     char hostport[300];
     int port;
-    char *path_policy, *path_good;
+    char *path_policy, *path_good, *path_reverted;
 
     SSL_CTX *ssl_ctx;
     struct lws_protocols protocols[2];
@@ -76,6 +90,7 @@ struct agent {
     link_state state;
     uint64_t conn_gen;
     unsigned backoff_ms;
+    bool reconnect_now; /* the next reconnect waits for no backoff */
     uint64_t rng;
     bool hello_done;
     uint64_t last_rx_ms;
@@ -102,10 +117,15 @@ struct agent {
     char *good_doc;
     size_t good_len;
 
-    /* A document under its safe-apply check. */
-    bool safe_armed, safe_ack_sent;
+    /* A document under its safe-apply check: only a connection made after
+     * it was applied (conn_gen > safe_conn_gen) can confirm it. */
+    bool safe_armed;
     uint64_t safe_conn_gen;
     int64_t safe_version;
+
+    /* Documents reverted by safe apply, oldest first (reverted.json). */
+    reverted_doc reverted[AGENT_REVERTED_KEEP];
+    size_t n_reverted;
 
     /* A revert not yet reported in a hello. */
     bool has_reverted;
@@ -638,17 +658,17 @@ static void good_set_current(agent *a)
 static void safe_disarm(agent *a)
 {
     a->safe_armed = false;
-    a->safe_ack_sent = false;
     if (!a->stopping)
         uv_timer_stop(&a->safe_timer);
 }
 
 static void safe_confirm(agent *a)
 {
-    logf_("policy version %lld confirmed (the controller answered after it was applied)",
-          (long long)a->safe_version);
     safe_disarm(a);
     good_set_current(a);
+    logf_("policy version %lld confirmed (a new connection to the controller worked after it "
+          "was applied)",
+          (long long)a->safe_version);
 }
 
 /* Whether the document in force needs a round trip before it counts as
@@ -668,18 +688,146 @@ static void safe_timeout_cb(uv_timer_t *t);
 static void safe_arm(agent *a)
 {
     a->safe_armed = true;
-    a->safe_ack_sent = false;
     a->safe_conn_gen = a->conn_gen;
     a->safe_version = a->cur_version;
     uv_timer_start(&a->safe_timer, safe_timeout_cb, a->safe_timeout_ms, 0);
 }
 
+/* The record of reverted documents, so that one the controller pushes
+ * again is not applied again (and reverted again, cutting the node off for
+ * another safe_timeout each time). */
+static const reverted_doc *reverted_find(const agent *a, const char *sha256)
+{
+    for (size_t i = 0; i < a->n_reverted; i++)
+        if (strcmp(a->reverted[i].sha256, sha256) == 0)
+            return &a->reverted[i];
+    return NULL;
+}
+
+static bool is_sha256_hex(const char *s)
+{
+    return strlen(s) == 64 && strspn(s, "0123456789abcdef") == 64;
+}
+
+/* Adds to the record in memory; past AGENT_REVERTED_KEEP the oldest goes. */
+static void reverted_push(agent *a, int64_t version, const char *sha256, unsigned timeout_ms)
+{
+    if (a->n_reverted == AGENT_REVERTED_KEEP) {
+        memmove(&a->reverted[0], &a->reverted[1],
+                (AGENT_REVERTED_KEEP - 1) * sizeof(a->reverted[0]));
+        a->n_reverted--;
+    }
+    reverted_doc *r = &a->reverted[a->n_reverted++];
+    r->version = version;
+    snprintf(r->sha256, sizeof(r->sha256), "%s", sha256);
+    r->timeout_ms = timeout_ms;
+}
+
+/* reverted.json: {"reverted": [{"version", "sha256", "timeout_ms"}, ...]},
+ * oldest first. A file that does not load is reported and ignored. */
+static void reverted_load(agent *a)
+{
+    char err[512], *txt = NULL;
+    size_t len;
+    cJSON *j = NULL;
+    a->n_reverted = 0;
+    int rc = read_whole(a->path_reverted, AGENT_REVERTED_MAX_BYTES, &txt, &len, err, sizeof(err));
+    if (rc != 0) {
+        if (rc < 0)
+            logf_("%s; no record of reverted documents", err);
+        goto done;
+    }
+    j = cJSON_ParseWithLength(txt, len);
+    const cJSON *arr = j ? cJSON_GetObjectItemCaseSensitive(j, "reverted") : NULL;
+    if (!cJSON_IsArray(arr)) {
+        logf_("%s: expected {\"reverted\": [...]}; no record of reverted documents",
+              a->path_reverted);
+        goto done;
+    }
+    int i = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, arr)
+    {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(e, "version");
+        const cJSON *sha = cJSON_GetObjectItemCaseSensitive(e, "sha256");
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(e, "timeout_ms");
+        if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble > 9007199254740992.0 ||
+            !cJSON_IsString(sha) || !is_sha256_hex(sha->valuestring) || !cJSON_IsNumber(t) ||
+            t->valuedouble < 0 || t->valuedouble > UINT_MAX) {
+            logf_("%s: $.reverted[%d]: expected {\"version\", \"sha256\" (64 hex digits), "
+                  "\"timeout_ms\"}; skipped",
+                  a->path_reverted, i);
+        } else if (!reverted_find(a, sha->valuestring)) {
+            reverted_push(a, (int64_t)v->valuedouble, sha->valuestring, (unsigned)t->valuedouble);
+        }
+        i++;
+    }
+done:
+    cJSON_Delete(j);
+    free(txt);
+}
+
+/* Records a reverted document and writes the record (atomically). */
+static void reverted_add(agent *a, int64_t version, const char *sha256)
+{
+    char err[512];
+    if (reverted_find(a, sha256))
+        return;
+    reverted_push(a, version, sha256, a->safe_timeout_ms);
+
+    cJSON *j = cJSON_CreateObject();
+    cJSON *arr = j ? cJSON_AddArrayToObject(j, "reverted") : NULL;
+    char *txt = NULL;
+    for (size_t i = 0; arr && i < a->n_reverted; i++) {
+        cJSON *e = cJSON_CreateObject();
+        if (!e || !cJSON_AddItemToArray(arr, e)) {
+            cJSON_Delete(e);
+            arr = NULL;
+            break;
+        }
+        if (!cJSON_AddNumberToObject(e, "version", (double)a->reverted[i].version) ||
+            !cJSON_AddStringToObject(e, "sha256", a->reverted[i].sha256) ||
+            !cJSON_AddNumberToObject(e, "timeout_ms", (double)a->reverted[i].timeout_ms))
+            arr = NULL;
+    }
+    if (arr)
+        txt = cJSON_PrintUnformatted(j);
+    if (!txt)
+        logf_("out of memory recording the reverted policy version %lld", (long long)version);
+    else if (write_atomic(a->path_reverted, txt, strlen(txt), err, sizeof(err)) != 0)
+        logf_("cannot record the reverted policy version %lld: %s", (long long)version, err);
+    free(txt);
+    cJSON_Delete(j);
+}
+
+static void reconnect_cb(uv_timer_t *t);
+
+/* A fresh connection attempt now, without backoff: after a revert (the
+ * link may have been cut by the document just reverted) and for the
+ * safe-apply check. A connection still being made says hello with what is
+ * true when it opens; if it fails, the next attempt is at once. */
+static void reconnect_at_once(agent *a, const char *why)
+{
+    if (a->stopping)
+        return;
+    a->reconnect_now = true;
+    if (a->state == LINK_OPEN) {
+        link_close(a, 1000, why);
+    } else if (a->state == LINK_IDLE) {
+        a->reconnect_now = false;
+        uv_timer_stop(&a->reconnect_timer);
+        uv_timer_start(&a->reconnect_timer, reconnect_cb, 0, 0);
+    }
+}
+
 static void safe_timeout_cb(uv_timer_t *t)
 {
     agent *a = t->data;
-    char err[1024];
+    char err[1024], bad_sha[65] = "";
     int64_t bad = a->safe_version;
     safe_disarm(a);
+    if (a->cur_doc)
+        memcpy(bad_sha, a->cur_sha, sizeof(bad_sha));
 
     pc_policy *p = NULL;
     if (a->good_doc && pc_policy_parse(a->good_doc, a->good_len, &p, err, sizeof(err)) != 0) {
@@ -725,9 +873,13 @@ static void safe_timeout_cb(uv_timer_t *t)
     logf_("policy version %lld reverted (%s); enforcing %s version %lld", (long long)bad,
           a->reverted_reason, a->good_doc ? "the last good policy," : "the built-in policy,",
           (long long)version);
+    /* Recorded after policy.json says what is enforced: a crash in between
+     * at worst lets the document be tried (and checked) once more. */
+    if (bad_sha[0])
+        reverted_add(a, bad, bad_sha);
     /* A link that may still be half alive: start over so the next hello
      * reports the revert. */
-    link_close(a, 1000, "safe-apply revert");
+    reconnect_at_once(a, "safe-apply revert");
 }
 
 static void on_policy(agent *a, const pcw_msg *m)
@@ -746,6 +898,14 @@ static void on_policy(agent *a, const pcw_msg *m)
     }
     if (a->cur_doc && strcmp(sha, a->cur_sha) == 0) {
         ok = true; /* enforced already (sent again after a reconnect) */
+        goto ack;
+    }
+    const reverted_doc *r = reverted_find(a, sha);
+    if (r) {
+        snprintf(err, sizeof(err),
+                 "version %lld was reverted by safe apply (no round trip with the controller "
+                 "within %g s); not applied again",
+                 (long long)r->version, r->timeout_ms / 1000.0);
         goto ack;
     }
     if (pc_policy_parse(doc, len, &p, err, sizeof(err)) != 0)
@@ -851,12 +1011,6 @@ static void on_message(agent *a, const char *buf, size_t len)
         return;
     }
     a->last_rx_ms = uv_now(a->loop);
-    /* A round trip: the ping that answers the ack (a message the controller
-     * sent before it saw the ack may cross it, so only a ping counts), or a
-     * connection made after the document was applied. */
-    if (a->safe_armed && ((m.type == PCW_PING && a->safe_ack_sent) ||
-                          (m.type == PCW_EVENTS_ACK && a->conn_gen > a->safe_conn_gen)))
-        safe_confirm(a);
     switch (m.type) {
     case PCW_POLICY:
     case PCW_EVENTS_ACK:
@@ -866,6 +1020,12 @@ static void on_message(agent *a, const char *buf, size_t len)
         break;
     default: break;
     }
+    /* The round trip that confirms a document: the controller answered the
+     * hello of a connection made after it was applied. A message on an older
+     * connection proves nothing: a firewall that blocks new connections may
+     * still let established ones through. */
+    if (a->safe_armed && m.type == PCW_EVENTS_ACK && a->conn_gen > a->safe_conn_gen)
+        safe_confirm(a);
     switch (m.type) {
     case PCW_POLICY: on_policy(a, &m); break;
     case PCW_EVENTS_ACK: on_events_ack(a, &m); break;
@@ -887,8 +1047,6 @@ static void on_message(agent *a, const char *buf, size_t len)
 }
 
 /* ---- the connection ---- */
-
-static void reconnect_cb(uv_timer_t *t);
 
 static uint64_t rng_next(agent *a)
 {
@@ -928,7 +1086,17 @@ static void link_lost(agent *a, const char *reason)
     a->credit = 0;
     a->batch_in_flight = false;
     a->down_reason[0] = '\0';
-    schedule_reconnect(a);
+    /* The connection a document under its check was applied on: the check
+     * needs a new one, at once. */
+    if (a->safe_armed && a->conn_gen == a->safe_conn_gen)
+        a->reconnect_now = true;
+    if (a->reconnect_now && !a->stopping) {
+        a->reconnect_now = false;
+        uv_timer_stop(&a->reconnect_timer);
+        uv_timer_start(&a->reconnect_timer, reconnect_cb, 0, 0);
+    } else {
+        schedule_reconnect(a);
+    }
 }
 
 static void connect_now(agent *a)
@@ -981,15 +1149,29 @@ static int on_writeable(agent *a, struct lws *wsi)
             snprintf(a->down_reason, sizeof(a->down_reason), "write failed");
             return -1;
         }
-        if (safe_ack && a->safe_armed)
-            a->safe_ack_sent = true;
+        if (safe_ack && a->safe_armed && a->conn_gen == a->safe_conn_gen && !a->close_code) {
+            /* Only a new connection shows the document lets the node reach
+             * its controller: this one was open before it was applied. */
+            logf_("safe apply: checking the controller link with a new connection");
+            link_close(a, 1000, "closed for the safe-apply check");
+            a->reconnect_now = true;
+        }
         if (a->tx_head || a->close_code)
             lws_callback_on_writable(wsi);
         return 0;
     }
     if (a->close_code) {
-        lws_close_reason(wsi, (enum lws_close_status)a->close_code,
-                         (unsigned char *)a->close_reason, strlen(a->close_reason));
+        /* lws_close_reason and -1 should send the close frame, but lws
+         * built with _DEBUG on a libuv loop closes such a wsi twice and the
+         * second close drops it without one ("uv repeat test"): the frame
+         * is written here, and the connection dropped after it. */
+        unsigned char buf[LWS_PRE + 2 + sizeof(a->close_reason)];
+        size_t rlen = strlen(a->close_reason);
+        buf[LWS_PRE] = (unsigned char)(a->close_code >> 8);
+        buf[LWS_PRE + 1] = (unsigned char)(a->close_code & 0xff);
+        memcpy(buf + LWS_PRE + 2, a->close_reason, rlen);
+        if (lws_write(wsi, buf + LWS_PRE, 2 + rlen, AGENT_WRITE_CLOSE) < 0)
+            logf_("cannot send the close frame (code %d) to the controller", a->close_code);
         return -1;
     }
     return 0;
@@ -1079,6 +1261,7 @@ static int agent_lws_cb(struct lws *wsi, enum lws_callback_reasons reason, void 
     case LWS_CALLBACK_CLIENT_ESTABLISHED:
         a->wsi = wsi;
         a->state = LINK_OPEN;
+        a->reconnect_now = false;
         a->last_rx_ms = uv_now(a->loop);
         a->acked = 0;
         a->credit = 0;
@@ -1147,6 +1330,7 @@ static void agent_free(agent *a)
     free(a->good_doc);
     free(a->path_policy);
     free(a->path_good);
+    free(a->path_reverted);
     free(a->state_dir);
     free(a->software);
     if (a->ssl_ctx)
@@ -1227,7 +1411,8 @@ int agent_start(uv_loop_t *loop, const agent_config *cfg, const agent_hooks *hoo
     a->software = strdup(cfg->software ? cfg->software : "portcullis-node");
     a->path_policy = path_join(cfg->state_dir, "policy.json");
     a->path_good = path_join(cfg->state_dir, "policy.good.json");
-    if (!a->state_dir || !a->software || !a->path_policy || !a->path_good) {
+    a->path_reverted = path_join(cfg->state_dir, "reverted.json");
+    if (!a->state_dir || !a->software || !a->path_policy || !a->path_good || !a->path_reverted) {
         snprintf(err, errlen, "out of memory");
         agent_free(a);
         return -1;
@@ -1283,6 +1468,7 @@ int agent_start(uv_loop_t *loop, const agent_config *cfg, const agent_hooks *hoo
         a->open_handles++;
     }
 
+    reverted_load(a);
     if (load_docs(a, current_sha256, err, errlen) != 0) {
         logf_("%s", err); /* the agent still runs: nothing to compare with */
         err[0] = '\0';

@@ -4,7 +4,9 @@
  * "portcullis.v1". It says hello, applies the documents the controller
  * pushes (validate, persist, apply, ack), ships the spool's events as credit
  * allows, sends counters, reconnects with jittered exponential backoff, and
- * reverts a document that cut the controller off (safe apply).
+ * reverts a document that cut the controller off (safe apply: only a new
+ * connection made after a document was applied confirms it; a reverted
+ * document is remembered in reverted.json and never applied again).
  */
 #ifndef PORTCULLIS_AGENT_H
 #define PORTCULLIS_AGENT_H
@@ -37,13 +39,13 @@ typedef struct agent_hooks {
 } agent_hooks;
 
 typedef struct agent_config {
-    const char *state_dir;      /* node.key, node.crt, ca.crt, link.json, policy*.json */
+    const char *state_dir;      /* node.*, ca.crt, link.json, policy*.json, reverted.json */
     const char *software;       /* "portcullis-node 0.3.0" */
     unsigned backoff_min_ms;    /* 0 = 1000 */
     unsigned backoff_max_ms;    /* 0 = 60000 */
     unsigned stats_interval_ms; /* 0 = 30000 */
     agent_safe_mode safe_mode;
-    unsigned safe_timeout_ms;   /* 0 = 60000 */
+    unsigned safe_timeout_ms; /* 0 = 60000 */
 } agent_config;
 
 typedef struct agent agent;
@@ -55,8 +57,8 @@ bool agent_enrolled(const char *state_dir);
 /* Loads the cached document (policy.json) of state_dir: 0 and *out and the
  * SHA-256 of its bytes, 1 when there is none, -1 with err when it exists but
  * does not load (the caller then falls back, and says so). */
-AGENT_WUR int agent_load_cached(const char *state_dir, pc_policy **out, char sha256[65],
-                                char *err, size_t errlen);
+AGENT_WUR int agent_load_cached(const char *state_dir, pc_policy **out, char sha256[65], char *err,
+                                size_t errlen);
 
 /* Starts the link on loop (which the caller runs). current is the policy
  * enforced now and current_sha256 the SHA-256 of its document as

@@ -224,7 +224,8 @@ struct pc_policy {
     pc_group defaults;
     pc_group *groups;
     size_t ngroups;
-    pc_cidrset *sources; /* value: group index */
+    pc_cidrset *sources;         /* value: group index */
+    const pc_firewall *firewall; /* NULL: the document has none */
 };
 
 static void rules_release(pc_rules *r)
@@ -1187,10 +1188,248 @@ static int parse_groups(ctx *c, const cJSON *v)
     return check_group_names(c);
 }
 
+/* --- firewall ------------------------------------------------------------- */
+
+/* An array of prefixes at the path into the arena; nonempty: at least one. */
+static int read_prefix_array(ctx *c, const cJSON *v, bool nonempty, const char *what,
+                             const pc_cidr **out, size_t *n)
+{
+    if (want_array(c, v) != 0)
+        return -1;
+    size_t cnt = (size_t)cJSON_GetArraySize(v), i = 0;
+    if (nonempty && cnt == 0)
+        return fail(c, "%s", what);
+    pc_cidr *arr = arena_array(&c->p->mem, cnt ? cnt : 1, sizeof(pc_cidr));
+    if (!arr)
+        return fail_oom(c);
+    for (const cJSON *it = v->child; it; it = it->next, i++) {
+        size_t old = path_index(c, i);
+        if (read_prefix(c, it, &arr[i]) != 0)
+            return -1;
+        path_pop(c, old);
+    }
+    *out = arr;
+    *n = cnt;
+    return 0;
+}
+
+/* A decimal port 1..65535 without a leading zero, from s[0..len). */
+static bool port_digits(const char *s, size_t len, uint16_t *out)
+{
+    unsigned v = 0;
+    if (len == 0 || len > 5 || s[0] == '0')
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        v = v * 10 + (unsigned)(s[i] - '0');
+    }
+    if (v < 1 || v > 65535)
+        return false;
+    *out = (uint16_t)v;
+    return true;
+}
+
+/* "25" or "8000-8100". */
+static int read_fw_ports(ctx *c, const cJSON *v, pc_fw_ports *out)
+{
+    char qb[200];
+    if (!cJSON_IsString(v))
+        return fail(c, "must be a string: a port (\"25\") or a range (\"8000-8100\")");
+    const char *s = v->valuestring;
+    const char *dash = strchr(s, '-');
+    size_t n = strlen(s);
+    bool ok = dash ? port_digits(s, (size_t)(dash - s), &out->lo) &&
+                         port_digits(dash + 1, n - (size_t)(dash - s) - 1, &out->hi)
+                   : port_digits(s, n, &out->lo);
+    if (!ok)
+        return fail(c, "'%s' is not a port (\"25\") or a range (\"8000-8100\") of ports 1 to 65535",
+                    q(qb, sizeof(qb), s));
+    if (!dash)
+        out->hi = out->lo;
+    else if (out->hi < out->lo)
+        return fail(c, "'%s': the range ends before it starts", q(qb, sizeof(qb), s));
+    return 0;
+}
+
+static int parse_fw_allow(ctx *c, pc_fw_allow *a, const cJSON *v, size_t *expanded)
+{
+    static const char *const keys[] = {"name", "devices", "proto", "ports", NULL};
+    static const char *const required[] = {"devices", "proto", "ports", NULL};
+    char qb[200];
+    if (want_object(c, v) != 0 || check_keys(c, v, keys, required) != 0)
+        return -1;
+    const cJSON *it;
+    a->name = "";
+    if ((it = get(v, "name"))) {
+        size_t old = path_key(c, "name");
+        if (!cJSON_IsString(it) || !name_ok(it->valuestring))
+            return fail(c, "must be a name ([A-Za-z0-9_.-], 1 to 64 characters)");
+        size_t len = strlen(it->valuestring);
+        char *name = arena_alloc(&c->p->mem, len + 1);
+        if (!name)
+            return fail_oom(c);
+        memcpy(name, it->valuestring, len + 1);
+        a->name = name;
+        path_pop(c, old);
+    }
+    size_t old = path_key(c, "devices");
+    if (read_prefix_array(c, get(v, "devices"), true, "an entry needs at least one device prefix",
+                          &a->devices, &a->ndevices) != 0)
+        return -1;
+    path_pop(c, old);
+
+    it = get(v, "proto");
+    old = path_key(c, "proto");
+    if (!cJSON_IsString(it))
+        return fail(c, "must be \"tcp\" or \"udp\"");
+    if (strcmp(it->valuestring, "tcp") == 0)
+        a->proto = IPPROTO_TCP;
+    else if (strcmp(it->valuestring, "udp") == 0)
+        a->proto = IPPROTO_UDP;
+    else
+        return fail(c, "'%s' is not \"tcp\" or \"udp\"", q(qb, sizeof(qb), it->valuestring));
+    path_pop(c, old);
+
+    it = get(v, "ports");
+    old = path_key(c, "ports");
+    if (want_array(c, it) != 0)
+        return -1;
+    size_t n = (size_t)cJSON_GetArraySize(it), i = 0;
+    if (n == 0)
+        return fail(c, "an entry needs at least one port");
+    pc_fw_ports *ports = arena_array(&c->p->mem, n, sizeof(pc_fw_ports));
+    if (!ports)
+        return fail_oom(c);
+    for (const cJSON *e = it->child; e; e = e->next, i++) {
+        size_t o2 = path_index(c, i);
+        if (read_fw_ports(c, e, &ports[i]) != 0)
+            return -1;
+        path_pop(c, o2);
+    }
+    a->ports = ports;
+    a->nports = n;
+    path_pop(c, old);
+
+    /* Bounded before multiplying: each factor is at most the array size
+     * cJSON could hold, the sum stops at the first entry past the limit. */
+    if (a->ndevices > PC_FW_MAX_ALLOW || a->nports > PC_FW_MAX_ALLOW ||
+        a->ndevices * a->nports > PC_FW_MAX_ALLOW - *expanded)
+        return fail(c,
+                    "the whitelist has more than %d entries after expansion (devices times "
+                    "ports, all entries together)",
+                    PC_FW_MAX_ALLOW);
+    *expanded += a->ndevices * a->nports;
+    return 0;
+}
+
+static int parse_firewall(ctx *c, const cJSON *v)
+{
+    static const char *const keys[] = {"lan", "web",        "web_devices", "allow",
+                                       "dns", "high_ports", "log_drops",   NULL};
+    char qb[200];
+    if (want_object(c, v) != 0 || check_keys(c, v, keys, NULL) != 0)
+        return -1;
+    pc_firewall *fw = arena_alloc(&c->p->mem, sizeof(*fw));
+    if (!fw)
+        return fail_oom(c);
+    fw->web = PC_FW_WEB_TRANSPARENT;
+    fw->dns_any = true;
+    fw->high_ports_block = true;
+    fw->high_ports_from = 1024;
+
+    const cJSON *it;
+    size_t old;
+    if ((it = get(v, "lan"))) {
+        old = path_key(c, "lan");
+        if (read_prefix_array(c, it, false, "", &fw->lan, &fw->nlan) != 0)
+            return -1;
+        path_pop(c, old);
+    }
+    if ((it = get(v, "web"))) {
+        old = path_key(c, "web");
+        if (!cJSON_IsString(it))
+            return fail(c, "must be \"transparent\" or \"proxy\"");
+        if (strcmp(it->valuestring, "transparent") == 0)
+            fw->web = PC_FW_WEB_TRANSPARENT;
+        else if (strcmp(it->valuestring, "proxy") == 0)
+            fw->web = PC_FW_WEB_PROXY;
+        else
+            return fail(c, "'%s' is not \"transparent\" or \"proxy\"",
+                        q(qb, sizeof(qb), it->valuestring));
+        path_pop(c, old);
+    }
+    if ((it = get(v, "web_devices"))) {
+        old = path_key(c, "web_devices");
+        if (read_prefix_array(c, it, false, "", &fw->web_devices, &fw->nweb_devices) != 0)
+            return -1;
+        if (fw->nweb_devices && fw->web != PC_FW_WEB_PROXY)
+            return fail(c, "only with \"web\": \"proxy\" (in transparent mode this node's "
+                           "proxy is the only web client upstream)");
+        path_pop(c, old);
+    }
+    if ((it = get(v, "allow"))) {
+        old = path_key(c, "allow");
+        if (want_array(c, it) != 0)
+            return -1;
+        size_t n = (size_t)cJSON_GetArraySize(it), i = 0, expanded = 0;
+        pc_fw_allow *allow = arena_array(&c->p->mem, n ? n : 1, sizeof(pc_fw_allow));
+        if (!allow)
+            return fail_oom(c);
+        for (const cJSON *e = it->child; e; e = e->next, i++) {
+            size_t o2 = path_index(c, i);
+            if (parse_fw_allow(c, &allow[i], e, &expanded) != 0)
+                return -1;
+            path_pop(c, o2);
+        }
+        fw->allow = allow;
+        fw->nallow = n;
+        path_pop(c, old);
+    }
+    if ((it = get(v, "dns"))) {
+        old = path_key(c, "dns");
+        if (!cJSON_IsNull(it)) {
+            if (!cJSON_IsArray(it))
+                return fail(c, "must be null (any resolver) or an array of addresses");
+            fw->dns_any = false;
+            if (read_prefix_array(c, it, false, "", &fw->dns, &fw->ndns) != 0)
+                return -1;
+        }
+        path_pop(c, old);
+    }
+    if ((it = get(v, "high_ports"))) {
+        static const char *const hkeys[] = {"block", "from", NULL};
+        old = path_key(c, "high_ports");
+        if (want_object(c, it) != 0 || check_keys(c, it, hkeys, NULL) != 0)
+            return -1;
+        bool has = false;
+        unsigned from = fw->high_ports_from;
+        if (opt_bool(c, it, "block", &fw->high_ports_block, &has) != 0 ||
+            opt_unsigned(c, it, "from", 1, 65535, &from) != 0)
+            return -1;
+        fw->high_ports_from = (uint16_t)from;
+        path_pop(c, old);
+    }
+    if ((it = get(v, "log_drops"))) {
+        static const char *const lkeys[] = {"per_minute", NULL};
+        old = path_key(c, "log_drops");
+        if (!cJSON_IsNull(it)) {
+            if (!cJSON_IsObject(it))
+                return fail(c, "must be null (drops are not logged) or {\"per_minute\": N}");
+            if (check_keys(c, it, lkeys, lkeys) != 0 ||
+                opt_unsigned(c, it, "per_minute", 1, 10000, &fw->log_per_minute) != 0)
+                return -1;
+        }
+        path_pop(c, old);
+    }
+    c->p->firewall = fw;
+    return 0;
+}
+
 static int parse_root(ctx *c, const cJSON *root)
 {
-    static const char *const keys[] = {"schema",   "version", "proxy", "lists",
-                                       "defaults", "groups",  NULL};
+    static const char *const keys[] = {"schema",   "version", "proxy",    "lists",
+                                       "defaults", "groups",  "firewall", NULL};
     static const char *const required[] = {"schema", "version", "defaults", NULL};
     pc_policy *p = c->p;
     if (want_object(c, root) != 0)
@@ -1238,6 +1477,12 @@ static int parse_root(ctx *c, const cJSON *root)
     if ((v = get(root, "groups"))) {
         old = path_key(c, "groups");
         if (parse_groups(c, v) != 0)
+            return -1;
+        path_pop(c, old);
+    }
+    if ((v = get(root, "firewall"))) {
+        old = path_key(c, "firewall");
+        if (parse_firewall(c, v) != 0)
             return -1;
         path_pop(c, old);
     }
@@ -1414,7 +1659,8 @@ pc_policy *pc_policy_builtin(void)
                      "\"proxy\":{\"ports\":{\"80\":\"http\",\"443\":\"tls\"}},"
                      "\"lists\":{\"skype\":%.*s},"
                      "\"defaults\":{\"use_lists\":[\"skype\"],\"block_executables\":true,"
-                     "\"require_certificate\":true,\"skype_exception\":false}}",
+                     "\"require_certificate\":true,\"skype_exception\":false},"
+                     "\"firewall\":{\"web\":\"transparent\",\"dns\":[]}}",
                      PC_POLICY_SCHEMA, (int)llen, list);
     pc_policy *p = NULL;
     if (n > 0 && (size_t)n < cap && pc_policy_parse(doc, (size_t)n, &p, NULL, 0) == 0)
@@ -1463,6 +1709,11 @@ const char *pc_proto_name(pc_proto p)
 uint64_t pc_policy_version(const pc_policy *p)
 {
     return p ? p->version : 0;
+}
+
+const pc_firewall *pc_policy_firewall(const pc_policy *p)
+{
+    return p ? p->firewall : NULL;
 }
 
 const pc_proxy_settings *pc_policy_proxy(const pc_policy *p)

@@ -37,6 +37,47 @@ typedef enum {
 
 const char *pc_proto_name(pc_proto p);
 
+/* The policy's optional "firewall" part (docs/firewall.md), as parsed:
+ * what node/firewall.c turns into an nftables ruleset. */
+typedef enum {
+    PC_FW_WEB_TRANSPARENT = 0, /* LAN web traffic is redirected to this node's proxy */
+    PC_FW_WEB_PROXY = 1,       /* the proxy runs elsewhere: only web_devices reach web ports */
+} pc_fw_web;
+
+typedef struct pc_fw_ports {
+    uint16_t lo, hi; /* one port ("25": lo == hi) or a range ("8000-8100"), lo <= hi */
+} pc_fw_ports;
+
+/* One whitelist entry: devices may reach ports over proto anywhere. */
+typedef struct pc_fw_allow {
+    const char *name;       /* "" when the entry has none */
+    uint8_t proto;          /* IPPROTO_TCP (6) or IPPROTO_UDP (17) */
+    const pc_cidr *devices; /* at least one */
+    size_t ndevices;
+    const pc_fw_ports *ports; /* at least one */
+    size_t nports;
+} pc_fw_allow;
+
+typedef struct pc_firewall {
+    const pc_cidr *lan; /* LAN prefixes; none: any source on a LAN interface */
+    size_t nlan;
+    pc_fw_web web;
+    const pc_cidr *web_devices; /* the proxy hosts (web "proxy" only) */
+    size_t nweb_devices;
+    const pc_fw_allow *allow;
+    size_t nallow;
+    bool dns_any;       /* "dns": null: DNS to any resolver */
+    const pc_cidr *dns; /* otherwise DNS only to these (none: to none) */
+    size_t ndns;
+    bool high_ports_block;    /* drop destination ports >= high_ports_from */
+    uint16_t high_ports_from; /* 1..65535 */
+    unsigned log_per_minute;  /* 0: drops are not logged */
+} pc_firewall;
+
+/* Whitelist entries after expansion (devices x ports, all entries) a
+ * document may hold. */
+#define PC_FW_MAX_ALLOW 10000
+
 typedef struct pc_proxy_settings {
     unsigned max_connections;    /* client connections at once, all threads */
     unsigned header_timeout_ms;  /* a head or handshake must complete in this */
@@ -58,8 +99,9 @@ int pc_policy_parse(const char *json, size_t len, pc_policy **out, char *err, si
 int pc_policy_load_file(const char *path, pc_policy **out, char *err, size_t errlen);
 /* The built-in policy for a node with nothing else: the conformance checks
  * on 80/443 only, the shipped Skype list blocked, certificates required,
- * executables blocked. Built from shared/lists/skype.json at build time.
- * Returns one reference; NULL only when memory runs out. */
+ * executables blocked; its firewall part is the built-in firewall
+ * ({"web": "transparent", "dns": []}). Built from shared/lists/skype.json
+ * at build time. Returns one reference; NULL only when memory runs out. */
 pc_policy *pc_policy_builtin(void);
 /* Whether p came from pc_policy_builtin() rather than a document. */
 bool pc_policy_is_builtin(const pc_policy *p);
@@ -68,6 +110,11 @@ pc_policy *pc_policy_ref(pc_policy *p); /* atomic; returns p */
 void pc_policy_unref(pc_policy *p);     /* atomic; frees at zero */
 
 uint64_t pc_policy_version(const pc_policy *p);
+/* The document's firewall part, or NULL when it has none. The built-in
+ * policy's is the built-in firewall: everything forwarded dropped, LAN web
+ * traffic redirected to the proxy (docs/firewall.md, "Fail closed"). Lives
+ * as long as p. */
+const pc_firewall *pc_policy_firewall(const pc_policy *p);
 const pc_proxy_settings *pc_policy_proxy(const pc_policy *p);
 pc_proto pc_policy_port_proto(const pc_policy *p, uint16_t port);
 /* The served ports (proto != PC_PROTO_NONE) in ascending order: writes at

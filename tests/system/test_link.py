@@ -940,6 +940,36 @@ class FakeHub:
             if m["type"] == t:
                 return m
 
+    @staticmethod
+    def expect_close(s, timeout=10):
+        """Reads until the node's close frame, answers it as a server does and
+        closes the socket; returns (code, reason)."""
+        def exact(k):
+            b = b""
+            while len(b) < k:
+                c = s.recv(k - len(b))
+                if not c:
+                    raise AssertionError("the node dropped the connection without a close frame")
+                b += c
+            return b
+        s.settimeout(timeout)
+        try:
+            while True:
+                h = exact(2)
+                n = h[1] & 0x7F
+                if n == 126:
+                    n = struct.unpack(">H", exact(2))[0]
+                elif n == 127:
+                    n = struct.unpack(">Q", exact(8))[0]
+                mask = exact(4)
+                p = bytes(b ^ mask[i % 4] for i, b in enumerate(exact(n)))
+                if h[0] & 0x0F == 8:
+                    code = struct.unpack(">H", p[:2])[0] if len(p) >= 2 else None
+                    s.sendall(bytes([0x88, 2]) + p[:2])
+                    return code, p[2:].decode(errors="replace")
+        finally:
+            s.close()
+
 
 def policy_doc(version, extra_block=None):
     """The node's own example policy with a version (and a blocked domain)."""
@@ -952,6 +982,13 @@ def policy_doc(version, extra_block=None):
 
 
 class TestAgainstFakeController(unittest.TestCase):
+    """The node against a scripted controller: refused documents and safe apply.
+    A document under the safe-apply check (here every one: --safe-apply always)
+    counts as good only when a connection made after it was applied gets its
+    hello answered: after acking it the node closes its link (1000) and
+    reconnects; the fake hub answers events_ack to confirm, or stays silent (or
+    does not accept) to make the node revert after 2 s."""
+
     def setUp(self):
         self.tmp = Path(tempfile.mkdtemp(prefix="pc-link-fake-"))
         self.hub = FakeHub(self.tmp / "fake")
@@ -971,17 +1008,52 @@ class TestAgainstFakeController(unittest.TestCase):
                          "sha256": sha or hashlib.sha256(doc.encode()).hexdigest(), "document": doc})
         return self.hub.recv_type(s, "ack")
 
+    @staticmethod
+    def confirm(s):
+        FakeHub.send(s, {"type": "events_ack", "v": 1, "seq": 0, "credit": 1000})
+
+    def state_file(self, name):
+        return (self.node.state / name).read_text()
+
+    def reported(self, hello, doc):
+        """hello's policy names doc (by version and the sha256 of its bytes)."""
+        self.assertEqual(hello["policy"], {"version": json.loads(doc)["version"],
+                                           "sha256": hashlib.sha256(doc.encode()).hexdigest()}, hello)
+
+    def apply_and_recheck(self, s, doc):
+        """Pushes doc on s: it is applied, then the node closes s normally to
+        check the link with a new connection; returns that one and its hello."""
+        ack = self.push(s, doc)
+        self.assertEqual((ack["status"], ack["version"]), ("applied", json.loads(doc)["version"]), ack)
+        code, reason = FakeHub.expect_close(s)
+        self.assertEqual(code, 1000, reason)
+        s2, hello = self.hub.accept(timeout=20)
+        self.reported(hello, doc)
+        self.assertNotIn("reverted", hello)
+        return s2, hello
+
+    def confirmed(self, s, doc, count):
+        """Answers the new connection's hello: doc becomes the good one."""
+        self.confirm(s)
+        version = json.loads(doc)["version"]
+        self.node.wait_log("policy version %d confirmed" % version, timeout=10)
+        self.assertEqual(self.state_file("policy.good.json"), doc)
+        self.assertEqual(self.node.stderr().count(
+            "portcullis-node: safe apply: checking the controller link with a new connection"), count)
+
     def test_refused_documents_and_safe_apply_revert(self):
         self.node.start(wait_link=False)
         s, hello = self.hub.accept()
         self.assertEqual((hello["type"], hello["node"], hello["policy"]), ("hello", "gw-fake", None))
-        FakeHub.send(s, {"type": "events_ack", "v": 1, "seq": 0, "credit": 1000})
+        self.confirm(s)
 
+        # Version 5 is applied; a round trip on the connection it came on does
+        # not confirm it (a firewall may pass established connections only):
+        # the node reconnects, and the answer to that hello does.
         good = policy_doc(5, "good-five.example")
-        ack = self.push(s, good)
-        self.assertEqual((ack["status"], ack["version"]), ("applied", 5), ack)
-        FakeHub.send(s, {"type": "ping", "v": 1, "time": 1})   # the round trip that confirms it
-        self.hub.recv_type(s, "stats")
+        s, _ = self.apply_and_recheck(s, good)
+        self.assertFalse((self.node.state / "policy.good.json").exists())
+        self.confirmed(s, good, 1)
         self.assertEqual(self.node.request("good-five.example"), 403)
 
         # A hash that does not match the bytes.
@@ -995,23 +1067,393 @@ class TestAgainstFakeController(unittest.TestCase):
         ack = self.push(s, bad)
         self.assertEqual(ack["status"], "failed")
         self.assertIn("$.proxy.ports", ack["error"])
-        # Still enforcing version 5.
+        # Still enforcing version 5, on the same connection (a refused
+        # document needs no check).
         self.assertEqual(self.node.request("good-five.example"), 403)
-        self.assertEqual(json.loads((self.node.state / "policy.json").read_text())["version"], 5)
+        self.assertEqual(json.loads(self.state_file("policy.json"))["version"], 5)
 
-        # Safe apply: version 8 is applied, then the controller goes silent.
-        ack = self.push(s, policy_doc(8, "eight.example"))
-        self.assertEqual(ack["status"], "applied")
+        # Version 8 is applied; the node's new connection gets no answer to
+        # its hello. After 2 s the node puts version 5 back (the good one),
+        # closes that connection and reconnects at once, and its hello says
+        # what it enforces and what it reverted.
+        eight = policy_doc(8, "eight.example")
+        s, _ = self.apply_and_recheck(s, eight)
         self.assertEqual(self.node.request("eight.example"), 403)
-        # No ping: after 2 s the node puts version 5 back and reconnects.
-        s2, hello2 = self.hub.accept(timeout=20)
-        s.close()
-        self.assertEqual(hello2["policy"]["version"], 5, hello2)
-        self.assertEqual(hello2["reverted"]["version"], 8, hello2)
-        self.assertIn("safe-apply", hello2["reverted"]["reason"])
+        code, reason = FakeHub.expect_close(s, timeout=20)
+        self.assertEqual((code, reason), (1000, "safe-apply revert"))
+        s, hello = self.hub.accept(timeout=20)
+        self.reported(hello, good)
+        self.assertEqual(hello["reverted"]["version"], 8, hello)
+        self.assertIn("safe-apply", hello["reverted"]["reason"])
+        self.confirm(s)
         self.assertNotEqual(self.node.request("eight.example"), 403)
         self.assertEqual(self.node.request("good-five.example"), 403)
-        s2.close()
+        self.assertEqual(self.state_file("policy.json"), good)
+        self.assertEqual(self.state_file("policy.good.json"), good)
+        s.close()
+
+    def test_revert_without_a_good_document_goes_to_the_built_in_policy(self):
+        self.node.start(wait_link=False)
+        s, hello = self.hub.accept()
+        self.confirm(s)
+        # The first document is never confirmed: nothing good to go back to.
+        four = policy_doc(4, "four.example")
+        ack = self.push(s, four)
+        self.assertEqual(ack["status"], "applied", ack)
+        self.assertEqual(FakeHub.expect_close(s)[0], 1000)
+        self.node.wait_log("policy version 4 reverted", timeout=20)
+        s, hello = self.hub.accept(timeout=20)
+        self.assertEqual(hello["policy"], None, hello)
+        self.assertEqual(hello["reverted"]["version"], 4, hello)
+        self.confirm(s)
+        self.assertFalse((self.node.state / "policy.json").exists())
+        self.assertFalse((self.node.state / "policy.good.json").exists())
+        self.assertNotEqual(self.node.request("four.example"), 403)
+        ack = self.push(s, four)
+        self.assertEqual(ack["status"], "failed", ack)
+        self.assertIn("version 4 was reverted by safe apply", ack["error"])
+        s.close()
+
+    def test_reverted_document_is_not_applied_again(self):
+        self.node.start(wait_link=False)
+        s, hello = self.hub.accept()
+        self.assertEqual(hello["policy"], None)
+        self.confirm(s)
+        good = policy_doc(5, "good-five.example")
+        s, _ = self.apply_and_recheck(s, good)
+        self.confirmed(s, good, 1)
+
+        # Version 8 cuts the node off: its new connection never completes
+        # (the hub does not accept it in time), so after 2 s it reverts.
+        eight = policy_doc(8, "eight.example")
+        ack = self.push(s, eight)
+        self.assertEqual(ack["status"], "applied", ack)
+        self.assertEqual(FakeHub.expect_close(s)[0], 1000)
+        self.node.wait_log("policy version 8 reverted", timeout=20)
+        s, hello = self.hub.accept(timeout=20)
+        self.reported(hello, good)
+        self.assertEqual(hello["reverted"]["version"], 8, hello)
+        self.confirm(s)
+        record = json.loads(self.state_file("reverted.json"))
+        self.assertIn(hashlib.sha256(eight.encode()).hexdigest(),
+                      [r["sha256"] for r in record["reverted"]], record)
+
+        # The same document again: refused with the reason, version 5 stays.
+        ack = self.push(s, eight)
+        self.assertEqual((ack["status"], ack["version"]), ("failed", 8), ack)
+        self.assertEqual(ack["error"], "version 8 was reverted by safe apply (no round trip with the "
+                                       "controller within 2 s); not applied again")
+        self.assertNotEqual(self.node.request("eight.example"), 403)
+        self.assertEqual(self.node.request("good-five.example"), 403)
+        self.assertEqual(self.state_file("policy.json"), good)
+        self.node.wait_log("policy version 8 refused: version 8 was reverted", timeout=5)
+
+        # A different document is applied (and checked) as usual.
+        nine = policy_doc(9, "nine.example")
+        s, _ = self.apply_and_recheck(s, nine)
+        self.confirmed(s, nine, 3)
+        self.assertEqual(self.node.request("nine.example"), 403)
+        self.assertNotEqual(self.node.request("good-five.example"), 403)
+
+        # The record survives a restart: version 8 is still refused.
+        s.close()
+        self.node.stop()
+        self.node.start(wait_link=False)
+        s, hello = self.hub.accept()
+        self.reported(hello, nine)
+        self.assertNotIn("reverted", hello)
+        self.confirm(s)
+        ack = self.push(s, eight)
+        self.assertEqual(ack["status"], "failed", ack)
+        self.assertIn("was reverted by safe apply", ack["error"])
+        self.assertEqual(self.node.request("nine.example"), 403)
+        s.close()
+
+
+# --- the hub's review fixes: safe-apply reverts, upgrades without a certificate, enrollment rate ---
+
+
+def ws_messages(s, seconds):
+    """Every text message that arrives within seconds (the socket stays open)."""
+    msgs = []
+    deadline = time.time() + seconds
+    while True:
+        left = deadline - time.time()
+        if left <= 0:
+            return msgs
+        s.settimeout(left)
+        try:
+            op, p = ws_recv(s)
+        except (socket.timeout, ssl.SSLError, OSError):
+            return msgs
+        if op is None or op == 8:
+            return msgs
+        if op == 1:
+            msgs.append(json.loads(p))
+
+
+def ws_wait_type(s, t, timeout=CONVERGE_TIMEOUT):
+    """The next message of type t; fails if the connection closes first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        s.settimeout(max(0.1, deadline - time.time()))
+        op, p = ws_recv(s)
+        if op is None or op == 8:
+            raise AssertionError("closed while waiting for %r" % t)
+        if op == 1:
+            m = json.loads(p)
+            if m["type"] == t:
+                return m
+    raise AssertionError("no %r within %.0f s" % (t, timeout))
+
+
+class TestHubSafeguards(LinkTest):
+    def scripted_node(self, name, office="Berlin"):
+        """A node enrolled for real whose side of the link the test speaks by hand."""
+        node_id = self.c.ok("POST", "/api/v1/nodes", {"name": name, "office_id": self.office(office)})["id"]
+        n = Node(self.tmp, name)
+        n.id = node_id
+        n.enroll(self.c.hub_url, self.token_for(node_id))
+        ctx = ssl.create_default_context(cafile=str(n.state / "ca.crt"))
+        ctx.load_cert_chain(str(n.state / "node.crt"), str(n.state / "node.key"))
+        return n, ctx
+
+    @staticmethod
+    def hello(name, policy=None, reverted=None):
+        m = {"type": "hello", "v": 1, "node": name, "software": "scripted-test", "policy": policy,
+             "spool": {"last_seq": 0, "pending": 0, "dropped": 0}}
+        if reverted:
+            m["reverted"] = reverted
+        return json.dumps(m)
+
+    def test_reverted_document_is_not_pushed_again_until_the_office_changes(self):
+        n, ctx = self.scripted_node("gw-revert")
+        # First connection: the built-in policy; the hub sends the office's document.
+        s = ws_connect("127.0.0.1", self.c.hub_port, ctx)
+        ws_send(s, self.hello(n.name))
+        pol = ws_wait_type(s, "policy")
+        doc = pol["document"]
+        self.assertEqual(hashlib.sha256(doc.encode()).hexdigest(), pol["sha256"])
+        ws_send(s, json.dumps({"type": "ack", "v": 1, "version": pol["version"], "sha256": pol["sha256"],
+                               "status": "applied", "error": None}))
+        ws_wait_type(s, "ping")
+        self.wait_enforced(n, pol["version"])
+        s.close()
+
+        # It comes back having reverted that document (safe apply put the
+        # built-in policy back): the hub must not push the same bytes again.
+        reason = "safe-apply: no round trip with the controller within 2 s after applying version %d" % pol["version"]
+        s = ws_connect("127.0.0.1", self.c.hub_port, ctx)
+        ws_send(s, self.hello(n.name, reverted={"version": pol["version"], "reason": reason}))
+        got = ws_messages(s, 3)
+        self.assertIn("events_ack", [m["type"] for m in got], got)
+        self.assertNotIn("policy", [m["type"] for m in got], "the reverted document was pushed again")
+
+        def recorded():
+            info = self.c.node(n.id)
+            return info["connected"] and "reverted" in (info["last_error"] or "") and info
+        info = wait_for("the revert to show as the node's last_error", recorded)
+        self.assertIn("version %d" % pol["version"], info["last_error"])
+        self.assertIn("safe-apply", info["last_error"])
+        # What the node said it runs: the built-in policy.
+        self.assertIsNone(info["enforced_version"], info)
+        s.close()
+
+        # Later connections (no `reverted` any more) are not sent it either,
+        # and the reason stays.
+        s = ws_connect("127.0.0.1", self.c.hub_port, ctx)
+        ws_send(s, self.hello(n.name))
+        got = ws_messages(s, 3)
+        self.assertNotIn("policy", [m["type"] for m in got], "pushed again after a reconnect")
+        self.assertIn("reverted", self.c.node(n.id)["last_error"] or "")
+
+        # The office's document changes: that one is sent, and once it is
+        # applied the revert is history.
+        rev2 = self.block_domain("after-the-revert.example")
+        pol2 = ws_wait_type(s, "policy")
+        self.assertEqual(pol2["version"], rev2)
+        self.assertNotEqual(pol2["sha256"], pol["sha256"])
+        ws_send(s, json.dumps({"type": "ack", "v": 1, "version": rev2, "sha256": pol2["sha256"],
+                               "status": "applied", "error": None}))
+        ws_wait_type(s, "ping")
+        info = self.wait_enforced(n, rev2)
+        wait_for("last_error to clear", lambda: self.c.node(n.id)["last_error"] is None)
+        s.close()
+
+    def test_upgrades_without_a_certificate_are_refused_before_they_count(self):
+        n = self.new_node("gw-crowded", start=False)
+        refused0 = self.c.hub_stats()["refused"]
+        ctx = ssl.create_default_context(cafile=str(self.c.db) + ".ca.pem")
+        # TLS connections that never upgrade, held open all along.
+        idle = []
+        for _ in range(20):
+            raw = socket.create_connection(("127.0.0.1", self.c.hub_port), timeout=10)
+            idle.append(ctx.wrap_socket(raw, server_hostname="127.0.0.1"))
+        # 50 upgrades without a client certificate, all at once: each is
+        # refused at the upgrade, none gets a websocket.
+        outcomes = []
+
+        def upgrade():
+            t0 = time.time()
+            raw = socket.create_connection(("127.0.0.1", self.c.hub_port), timeout=10)
+            s = None
+            try:
+                s = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+                s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                          b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                          b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: portcullis.v1\r\n\r\n")
+                answer = s.recv(4096)
+                outcomes.append(("accepted" if answer.startswith(b"HTTP/1.1 101") else "refused",
+                                 time.time() - t0, answer[:40]))
+            except OSError as e:
+                outcomes.append(("refused", time.time() - t0, str(e)[:80]))
+            finally:
+                (s or raw).close()
+        ts = [threading.Thread(target=upgrade) for _ in range(50)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        self.assertEqual([o for o in outcomes if o[0] != "refused"], [], "an upgrade without a certificate was accepted")
+        self.assertLess(max(o[1] for o in outcomes), 5.0, "refusals waited for the close grace")
+        wait_for("the refusals to be counted", lambda: self.c.hub_stats()["refused"] >= refused0 + 50)
+        # A real node still gets in, and is the only connection counted.
+        n.start()
+        wait_for("the node to show as connected", lambda: self.c.node(n.id)["connected"])
+        st = self.c.hub_stats()
+        self.assertEqual(st["connected"], 1, st)
+        for s in idle:
+            s.close()
+        self.assertIn("no client certificate", self.c.err.read_text())
+
+    def test_enrollment_rate_limit(self):
+        ctx = ssl.create_default_context(cafile=str(self.c.db) + ".ca.pem")
+        refused0 = self.c.hub_stats()["enrollments_refused"]
+        statuses = []
+        limited = []
+        stop = threading.Event()
+        deadline = time.time() + 20
+
+        def hammer():
+            c = None
+            for _ in range(100):
+                if stop.is_set() or time.time() > deadline:
+                    break
+                try:
+                    if c is None:
+                        c = http.client.HTTPSConnection("127.0.0.1", self.c.hub_port, context=ctx, timeout=10)
+                    c.request("POST", "/enroll", body=b"{", headers={"Content-Type": "application/json"})
+                    r = c.getresponse()
+                    body = r.read()
+                except (OSError, http.client.HTTPException):
+                    if c:
+                        c.close()
+                    c = None
+                    continue
+                statuses.append(r.status)
+                if r.status == 429:
+                    limited.append((r.getheader("Retry-After"), json.loads(body)))
+                    if len(limited) >= 5:
+                        stop.set()
+                else:
+                    self.assertEqual(r.status, 400, body)
+            if c:
+                c.close()
+        ts = [threading.Thread(target=hammer) for _ in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        self.assertTrue(limited, "no 429 in %d quick requests: %r" % (len(statuses), statuses[:30]))
+        retry, body = limited[0]
+        self.assertEqual(retry, "1")
+        self.assertEqual(body["error"]["code"], "too-many-requests", body)
+        self.assertGreaterEqual(self.c.hub_stats()["enrollments_refused"], refused0 + len(statuses))
+        # The REST API and the hub answer meanwhile, and a real enrollment
+        # works once the burst is over.
+        time.sleep(1.5)
+        n = self.new_node("gw-after-burst")
+        wait_for("the node to show as connected", lambda: self.c.node(n.id)["connected"])
+        self.assertGreaterEqual(self.c.hub_stats()["enrollments"], 1)
+
+    def test_node_state_survives_a_locked_database(self):
+        n, ctx = self.scripted_node("gw-locked")
+        s = ws_connect("127.0.0.1", self.c.hub_port, ctx)
+        ws_send(s, self.hello(n.name))
+        ws_wait_type(s, "events_ack")
+        wait_for("the node to show as connected", lambda: self.c.node(n.id)["connected"])
+        # Another writer holds the database longer than the writer's three
+        # tries (5 s busy timeout each) while the node goes away: the record
+        # that it left must be kept and stored once the database is free.
+        con = sqlite3.connect(str(self.c.db), timeout=10, isolation_level=None)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            s.close()
+            wait_for("the writer to give up a round", lambda: "will be tried again" in self.c.err.read_text(),
+                     timeout=40)
+        finally:
+            con.execute("ROLLBACK")
+            con.close()
+        wait_for("the node to show as disconnected", lambda: not self.c.node(n.id)["connected"])
+        self.assertNotIn("dropped after", self.c.err.read_text())
+
+    def put_global_settings(self, body):
+        """PUT /api/v1/settings/global with the If-Match it needs."""
+        h = {"Authorization": "Bearer " + self.c.token}
+        conn = http.client.HTTPSConnection("127.0.0.1", self.c.port, context=self.c.ctx, timeout=60)
+        try:
+            conn.request("GET", "/api/v1/settings/global", headers=h)
+            r = conn.getresponse()
+            r.read()
+            h.update({"Content-Type": "application/json", "If-Match": r.getheader("ETag")})
+            conn.request("PUT", "/api/v1/settings/global", body=json.dumps(body), headers=h)
+            r = conn.getresponse()
+            self.assertEqual(r.status, 200, r.read()[:300])
+            r.read()
+        finally:
+            conn.close()
+
+    def test_oversized_document_is_not_pushed(self):
+        n, ctx = self.scripted_node("gw-big")
+        s = ws_connect("127.0.0.1", self.c.hub_port, ctx)
+        ws_send(s, self.hello(n.name))
+        pol = ws_wait_type(s, "policy")
+        ws_send(s, json.dumps({"type": "ack", "v": 1, "version": pol["version"], "sha256": pol["sha256"],
+                               "status": "applied", "error": None}))
+        ws_wait_type(s, "ping")
+        self.wait_enforced(n, pol["version"])
+        # Lists that make the office's document larger than a node accepts
+        # (4 MiB as a message). Defining them changes nothing yet.
+        names = []
+        for k in range(6):
+            doms = ["h%07d-%d.example-long-name.com" % (i, k) for i in range(24000)]
+            self.c.ok("POST", "/api/v1/lists", {"name": "big%d" % k, "list": {"category": "games", "domains": doms}})
+            names.append("big%d" % k)
+        g = self.c.ok("GET", "/api/v1/settings/global")
+        base = {k: v for k, v in g.items() if k not in ("etag", "id", "scope", "scope_id")}
+        ws_messages(s, 1)  # the revisions the lists made
+        self.put_global_settings(dict(base, use_lists=(base.get("use_lists") or []) + names))
+        big = self.c.revision()
+
+        def told():
+            info = self.c.node(n.id)
+            return "over the 4 MiB a node accepts" in (info["last_error"] or "") and info
+        info = wait_for("the node's last_error to say the document is too large", told)
+        self.assertIn("version %d" % big, info["last_error"])
+        got = ws_messages(s, 3)
+        self.assertNotIn("policy", [m["type"] for m in got], "an oversized document was pushed")
+        self.assertIn("over the 4 MiB a node accepts", self.c.err.read_text())
+        # Back under the limit: the next revision goes out as usual.
+        self.put_global_settings(base)
+        fixed = self.c.revision()
+        pol = ws_wait_type(s, "policy")
+        self.assertEqual(pol["version"], fixed)
+        ws_send(s, json.dumps({"type": "ack", "v": 1, "version": fixed, "sha256": pol["sha256"],
+                               "status": "applied", "error": None}))
+        ws_wait_type(s, "ping")
+        self.wait_enforced(n, fixed)
+        wait_for("last_error to clear", lambda: self.c.node(n.id)["last_error"] is None)
+        s.close()
 
 
 def main():

@@ -188,6 +188,44 @@ static void use_lists(model_settings *s, const char *csv)
     s->use_lists = split(csv, &s->nuse_lists);
 }
 
+/* Adds an open port: "25" or "8000-8100", "tcp", "10.0.0.25/32,..." */
+static void open_port(model_settings *s, const char *ports, const char *proto, const char *devices)
+{
+    s->has_open_ports = true;
+    s->open_ports = grow(s->open_ports, s->nopen_ports + 1, sizeof(*s->open_ports));
+    struct model_open_port *op = &s->open_ports[s->nopen_ports++];
+    *op = (struct model_open_port){0};
+    const char *dash = strchr(ports, '-');
+    op->port = (uint16_t)atoi(ports);
+    op->port_last = dash ? (uint16_t)atoi(dash + 1) : 0;
+    snprintf(op->proto, sizeof(op->proto), "%s", proto);
+    op->devices = split(devices, &op->ndevices);
+}
+
+static void strv_set(bool *has, char ***v, size_t *n, const char *csv)
+{
+    for (size_t i = 0; i < *n; i++)
+        free((*v)[i]);
+    free(*v);
+    *has = true;
+    *v = split(csv, n);
+}
+
+static void dns_resolvers(model_settings *s, const char *csv)
+{
+    strv_set(&s->has_dns_resolvers, &s->dns_resolvers, &s->ndns_resolvers, csv);
+}
+
+static void web(model_settings *s, const char *mode, const char *devices)
+{
+    if (mode) {
+        s->has_web_mode = true;
+        snprintf(s->web_mode, sizeof(s->web_mode), "%s", mode);
+    }
+    if (devices)
+        strv_set(&s->has_web_devices, &s->web_devices, &s->nweb_devices, devices);
+}
+
 /* --- compiling ------------------------------------------------------------ */
 
 /* Compiles an office that must compile; asserts the node accepts it and the
@@ -355,6 +393,44 @@ static void load_settings(model_settings *s, const cJSON *j)
         s->has_block_executables = true;
         s->block_executables = cJSON_IsTrue(v);
     }
+    if ((v = cJSON_GetObjectItemCaseSensitive(j, "block_high_ports"))) {
+        s->has_block_high_ports = true;
+        s->block_high_ports = cJSON_IsTrue(v);
+    }
+    if ((v = cJSON_GetObjectItemCaseSensitive(j, "high_port_threshold"))) {
+        s->has_high_port_threshold = true;
+        s->high_port_threshold = (uint16_t)v->valueint;
+    }
+    if ((v = cJSON_GetObjectItemCaseSensitive(j, "log_drops_per_minute"))) {
+        s->has_log_drops_per_minute = true;
+        s->log_drops_per_minute = (uint16_t)v->valueint;
+    }
+    if ((v = cJSON_GetObjectItemCaseSensitive(j, "open_ports"))) {
+        const cJSON *it;
+        s->has_open_ports = true;
+        cJSON_ArrayForEach(it, v)
+        {
+            const cJSON *port = cJSON_GetObjectItemCaseSensitive(it, "port");
+            char pb[16], *c = csv(cJSON_GetObjectItemCaseSensitive(it, "devices"));
+            if (cJSON_IsNumber(port))
+                snprintf(pb, sizeof(pb), "%d", port->valueint);
+            else
+                snprintf(pb, sizeof(pb), "%s", port->valuestring);
+            open_port(s, pb, str(it, "proto"), c);
+            free(c);
+        }
+    }
+    if ((v = cJSON_GetObjectItemCaseSensitive(j, "dns_resolvers"))) {
+        char *c = csv(v);
+        dns_resolvers(s, c);
+        free(c);
+    }
+    if ((v = cJSON_GetObjectItemCaseSensitive(j, "web_devices"))) {
+        char *c = csv(v);
+        web(s, NULL, c);
+        free(c);
+    }
+    web(s, str(j, "web_mode"), NULL);
 }
 
 /* The model of a vector file (README.md in the vector directory). */
@@ -451,8 +527,8 @@ static int check_office(const char *file, const model *m, const char *id, const 
         bad += vec_fail(file, "document differs\n  want %s\n  got  %s", w->valuestring, json);
     if ((w = cJSON_GetObjectItemCaseSensitive(want, "sha256")) && strcmp(w->valuestring, sha) != 0)
         bad += vec_fail(file, "sha256: want %s got %s", w->valuestring, sha);
-    static const char *const exact[] = {"proxy", "defaults", "groups"};
-    for (size_t i = 0; i < 3; i++) {
+    static const char *const exact[] = {"proxy", "defaults", "groups", "firewall"};
+    for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++) {
         if (!(w = cJSON_GetObjectItemCaseSensitive(want, exact[i])))
             continue;
         const cJSON *got = cJSON_GetObjectItemCaseSensitive(d, exact[i]);
@@ -757,6 +833,164 @@ static void test_lists_in_force(void)
     drop(m);
 }
 
+/* --- the firewall part ------------------------------------------------------ */
+
+static void test_firewall(void)
+{
+    model *m = sample();
+    /* No scope sets a firewall setting: the built-in values and the LAN. */
+    cJSON *t = doc(m, 20);
+    expect_at(t, "firewall",
+              "{\"lan\":[\"10.20.0.0/16\"],\"web\":\"transparent\",\"web_devices\":[],"
+              "\"allow\":[],\"dns\":null,\"high_ports\":{\"block\":true,\"from\":1024},"
+              "\"log_drops\":null}");
+    cJSON_Delete(t);
+
+    /* Global: the mail server alone on 25, NTP for the LANs, DNS to two
+     * resolvers, drops logged. */
+    open_port(&m->global, "25", "tcp", "10.10.0.25");
+    open_port(&m->global, "123", "udp", "10.0.0.0/8");
+    dns_resolvers(&m->global, "198.51.100.54,::ffff:198.51.100.53");
+    m->global.has_log_drops_per_minute = true;
+    m->global.log_drops_per_minute = 10;
+    /* APAC: the proxy runs elsewhere. Tokyo: its own open ports (one a
+     * range), high ports from 2000. Paris: high ports allowed, DNS to no
+     * one. Berlin: drops not logged. */
+    web(&m->regions[1].settings, "proxy", "10.20.0.9,10.20.0.8/32");
+    open_port(&m->offices[2].settings, "8000-8100", "tcp", "10.20.7.0/24");
+    open_port(&m->offices[2].settings, "25", "tcp", "10.20.0.25,::ffff:10.20.0.25");
+    m->offices[2].settings.has_high_port_threshold = true;
+    m->offices[2].settings.high_port_threshold = 2000;
+    m->offices[1].settings.has_block_high_ports = true;
+    m->offices[1].settings.block_high_ports = false;
+    dns_resolvers(&m->offices[1].settings, "");
+    m->offices[0].settings.has_log_drops_per_minute = true;
+    m->offices[0].settings.log_drops_per_minute = 0;
+    cJSON *b = doc(m, 10), *p = doc(m, 11);
+    t = doc(m, 20);
+    expect_at(b, "firewall",
+              "{\"lan\":[\"10.10.0.0/16\"],\"web\":\"transparent\",\"web_devices\":[],"
+              "\"allow\":[{\"name\":\"port-25-tcp\",\"devices\":[\"10.10.0.25/32\"],"
+              "\"proto\":\"tcp\",\"ports\":[\"25\"]},{\"name\":\"port-123-udp\","
+              "\"devices\":[\"10.0.0.0/8\"],\"proto\":\"udp\",\"ports\":[\"123\"]}],"
+              "\"dns\":[\"198.51.100.53\",\"198.51.100.54\"],"
+              "\"high_ports\":{\"block\":true,\"from\":1024},\"log_drops\":null}");
+    expect_at(p, "firewall.dns", "[]");
+    expect_at(p, "firewall.high_ports", "{\"block\":false,\"from\":1024}");
+    expect_at(p, "firewall.log_drops", "{\"per_minute\":10}");
+    expect_at(p, "firewall.web", "\"transparent\"");
+    /* Tokyo's open ports replace global's whole; the same device written
+     * twice is one. */
+    expect_at(t, "firewall",
+              "{\"lan\":[\"10.20.0.0/16\"],\"web\":\"proxy\","
+              "\"web_devices\":[\"10.20.0.8/32\",\"10.20.0.9/32\"],"
+              "\"allow\":[{\"name\":\"port-25-tcp\",\"devices\":[\"10.20.0.25/32\"],"
+              "\"proto\":\"tcp\",\"ports\":[\"25\"]},{\"name\":\"port-8000-8100-tcp\","
+              "\"devices\":[\"10.20.7.0/24\"],\"proto\":\"tcp\",\"ports\":[\"8000-8100\"]}],"
+              "\"dns\":[\"198.51.100.53\",\"198.51.100.54\"],"
+              "\"high_ports\":{\"block\":true,\"from\":2000},\"log_drops\":{\"per_minute\":10}}");
+    cJSON_Delete(b);
+    cJSON_Delete(p);
+    cJSON_Delete(t);
+    /* An office that opens nothing: [] is a value, not "inherit". */
+    m->offices[0].settings.has_open_ports = true;
+    b = doc(m, 10);
+    expect_at(b, "firewall.allow", "[]");
+    cJSON_Delete(b);
+    drop(m);
+}
+
+static void test_firewall_invalid(void)
+{
+    model *m = sample();
+    /* the office's LAN goes into the document now */
+    free(m->offices[0].lan_prefixes[0]);
+    m->offices[0].lan_prefixes[0] = dup("10.10.0.1/16");
+    compile_fails(m, 10,
+                  "office 10 'Berlin': lan_prefixes: '10.10.0.1/16': host bits set (the network "
+                  "is 10.10.0.0/16)");
+    free(compile_ok(m, 11, NULL));
+    drop(m);
+
+    m = sample();
+    open_port(&m->regions[0].settings, "25", "tcp", "10.10.0.25");
+    open_port(&m->regions[0].settings, "20-30", "tcp", "10.10.0.26");
+    compile_fails(m, 10,
+                  "region 1 'EMEA' settings: open_ports: 20-30/tcp overlaps 25/tcp; list each "
+                  "port once");
+    free(compile_ok(m, 20, NULL)); /* another region */
+    m->regions[0].settings.open_ports[1].port = 26;
+    free(compile_ok(m, 10, NULL)); /* 26-30 is fine */
+    snprintf(m->regions[0].settings.open_ports[1].proto, 4, "udp");
+    m->regions[0].settings.open_ports[1].port = 20;
+    free(compile_ok(m, 10, NULL)); /* so is another protocol */
+    m->regions[0].settings.open_ports[1].port_last = 19;
+    compile_fails(m, 10, "region 1 'EMEA' settings: open_ports: 20-19/udp is not a port range");
+    m->regions[0].settings.open_ports[1].port_last = 0;
+    snprintf(m->regions[0].settings.open_ports[1].proto, 4, "ip");
+    compile_fails(m, 10, "region 1 'EMEA' settings: open_ports: 20: 'ip' is not tcp or udp");
+    drop(m);
+
+    m = sample();
+    open_port(&m->offices[2].settings, "25", "tcp", "10.20.0.1/16");
+    compile_fails(m, 20,
+                  "office 20 'Tokyo' settings: open_ports: 25/tcp: device: '10.20.0.1/16': host "
+                  "bits set");
+    drop(m);
+
+    /* checked all along the chain, even where a more specific scope
+     * overrides it */
+    m = sample();
+    dns_resolvers(&m->global, "198.51.100.0/24");
+    dns_resolvers(&m->offices[0].settings, "198.51.100.53");
+    compile_fails(m, 10, "global settings: dns_resolvers: '198.51.100.0/24' is not an IP address");
+    dns_resolvers(&m->global, "resolver.example");
+    compile_fails(m, 11, "global settings: dns_resolvers: 'resolver.example' is not an IP address");
+    drop(m);
+
+    m = sample();
+    web(&m->offices[1].settings, "bridge", "10.11.0.1/16");
+    compile_fails(m, 11,
+                  "office 11 'Paris' settings: web_mode: 'bridge' is not transparent or proxy");
+    web(&m->offices[1].settings, "proxy", NULL);
+    compile_fails(m, 11, "office 11 'Paris' settings: web_devices: '10.11.0.1/16': host bits set");
+    web(&m->offices[1].settings, NULL, "10.11.0.1");
+    free(compile_ok(m, 11, NULL));
+    m->offices[1].settings.has_log_drops_per_minute = true;
+    m->offices[1].settings.log_drops_per_minute = 10001;
+    compile_fails(m, 11,
+                  "office 11 'Paris' settings: log_drops_per_minute: 10001 is more than 10000");
+    m->offices[1].settings.log_drops_per_minute = 10000;
+    free(compile_ok(m, 11, NULL));
+    m->global.has_high_port_threshold = true;
+    m->global.high_port_threshold = 0;
+    compile_fails(m, 11, "global settings: high_port_threshold: 0 is not a port");
+    drop(m);
+
+    /* at most 10,000 (device, port) pairs: what the node takes */
+    m = sample();
+    open_port(&m->global, "25", "tcp", "10.10.0.25");
+    open_port(&m->global, "26", "tcp", "10.10.0.26");
+    struct model_open_port *op = &m->global.open_ports[1];
+    free(op->devices[0]);
+    free(op->devices);
+    op->ndevices = 10000;
+    op->devices = grow(NULL, op->ndevices, sizeof(*op->devices));
+    for (size_t i = 0; i < op->ndevices; i++) {
+        char d[32];
+        snprintf(d, sizeof(d), "10.%zu.%zu.0/24", 100 + i / 256, i % 256);
+        op->devices[i] = dup(d);
+    }
+    compile_fails(m, 10,
+                  "global settings: open_ports: 10001 devices in all; the node takes at most "
+                  "10000");
+    free(op->devices[--op->ndevices]);
+    char *json = compile_ok(m, 10, NULL);
+    CU_ASSERT(strlen(json) > 10000 * 14);
+    free(json);
+    drop(m);
+}
+
 /* --- canonical output ----------------------------------------------------- */
 
 static unsigned long rng = 1;
@@ -788,6 +1022,11 @@ static void shuffle_settings(model_settings *s)
         s->port_protos[j] = q;
     }
     SHUFFLE(s->use_lists, s->nuse_lists);
+    SHUFFLE(s->open_ports, s->nopen_ports);
+    for (size_t i = 0; i < s->nopen_ports; i++)
+        SHUFFLE(s->open_ports[i].devices, s->open_ports[i].ndevices);
+    SHUFFLE(s->dns_resolvers, s->ndns_resolvers);
+    SHUFFLE(s->web_devices, s->nweb_devices);
 }
 
 static void shuffle(model *m)
@@ -820,6 +1059,13 @@ static void test_determinism(void)
     rule(m, 33, MODEL_SCOPE_GLOBAL, 0, MODEL_RULE_PREFIX, "::ffff:203.0.113.0/120", false);
     rule(m, 34, MODEL_SCOPE_GLOBAL, 0, MODEL_RULE_URL_SUFFIX, "SETUP.EXE", false);
     rule(m, 35, MODEL_SCOPE_OFFICE, 10, MODEL_RULE_URL_SUFFIX, ".iso", false);
+    /* and firewall settings with arrays in every place */
+    open_port(&m->global, "25", "tcp", "10.10.0.25,10.11.0.25,2001:db8::25");
+    open_port(&m->global, "25", "udp", "10.10.0.0/16");
+    open_port(&m->global, "1000-2000", "udp", "10.0.0.0/8,172.16.0.0/12");
+    open_port(&m->global, "123", "udp", "10.0.0.0/8");
+    dns_resolvers(&m->global, "198.51.100.54,198.51.100.53,2001:db8::53");
+    web(&m->regions[0].settings, "proxy", "10.10.0.8,10.11.0.8,10.10.0.9");
     char *first[3], sha[3][65];
     for (int i = 0; i < 3; i++)
         first[i] = compile_ok(m, ids[i], sha[i]);
@@ -829,6 +1075,22 @@ static void test_determinism(void)
     expect_at(b, "defaults.blocked_prefixes",
               "[\"198.51.100.0/24\",\"2001:db8:ffff::/48\",\"203.0.113.0/24\"]");
     expect_at(b, "defaults.blocked_url_suffixes", "[\".iso\",\".torrent\",\"setup.exe\"]");
+    expect_at(b, "firewall.web_devices", "[\"10.10.0.8/32\",\"10.10.0.9/32\",\"10.11.0.8/32\"]");
+    expect_at(b, "firewall.dns", "[\"198.51.100.53\",\"198.51.100.54\",\"2001:db8::53\"]");
+    expect_at(b, "firewall.allow.port-25-tcp.devices",
+              "[\"10.10.0.25/32\",\"10.11.0.25/32\",\"2001:db8::25/128\"]");
+    cJSON *names = cJSON_CreateArray();
+    const cJSON *it;
+    cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(
+                               cJSON_GetObjectItemCaseSensitive(b, "firewall"), "allow"))
+    {
+        cJSON_AddItemToArray(names, cJSON_CreateString(str(it, "name")));
+    }
+    char *nm = cJSON_PrintUnformatted(names);
+    CU_ASSERT_STRING_EQUAL(nm, "[\"port-25-tcp\",\"port-25-udp\",\"port-123-udp\","
+                               "\"port-1000-2000-udp\"]");
+    free(nm);
+    cJSON_Delete(names);
     cJSON_Delete(b);
     for (unsigned seed = 1; seed <= 20; seed++) {
         rng = seed;
@@ -862,6 +1124,12 @@ static void test_canonical_form(void)
                                         "[\".torrent\"],\"block_executables\":true,"
                                         "\"require_certificate\":true,\"skype_exception\":false},"
                                         "\"groups\":[{\"name\":\"guests\""));
+    /* the firewall part last, its keys in the documented order */
+    static const char tail[] =
+        "}],\"firewall\":{\"lan\":[\"10.20.0.0/16\"],\"web\":\"transparent\",\"web_devices\":[],"
+        "\"allow\":[],\"dns\":null,\"high_ports\":{\"block\":true,\"from\":1024},"
+        "\"log_drops\":null}}";
+    CU_ASSERT_STRING_EQUAL(json + strlen(json) - strlen(tail), tail);
     bool in_str = false;
     for (const char *s = json; *s; s++) {
         if (*s == '"' && s[-1] != '\\')
@@ -1325,6 +1593,37 @@ static void test_diff_one_office(void)
     drop(after);
 }
 
+/* A firewall change is a change of the offices' documents, in the diff
+ * format's terms (allow entries by name). */
+static void test_diff_firewall(void)
+{
+    model *before = sample(), *after = sample();
+    open_port(&before->global, "25", "tcp", "10.10.0.25");
+    open_port(&after->global, "25", "tcp", "10.10.0.25,10.10.0.26");
+    open_port(&after->global, "8000-8100", "tcp", "10.10.7.0/24");
+    dns_resolvers(&after->regions[1].settings, "198.51.100.53");
+    compiler_change *c = NULL;
+    size_t n = 0;
+    char err[COMPILER_ERR_MAX];
+    CU_ASSERT_EQUAL_FATAL(compiler_diff(before, after, &c, &n, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL_FATAL(n, 3);
+    CU_ASSERT_STRING_EQUAL(
+        c[0].diff,
+        "[{\"path\":\"$.firewall.allow[?(@.name=='port-25-tcp')].devices\",\"op\":\"elements\","
+        "\"added\":[\"10.10.0.26/32\"],\"removed\":[]},"
+        "{\"path\":\"$.firewall.allow[?(@.name=='port-8000-8100-tcp')]\",\"op\":\"added\","
+        "\"value\":{\"name\":\"port-8000-8100-tcp\",\"devices\":[\"10.10.7.0/24\"],"
+        "\"proto\":\"tcp\",\"ports\":[\"8000-8100\"]}}]");
+    CU_ASSERT_STRING_EQUAL(c[1].diff, c[0].diff);
+    CU_ASSERT_EQUAL(c[2].office_id, 20);
+    CU_ASSERT_PTR_NOT_NULL(strstr(c[2].diff,
+                                  "{\"path\":\"$.firewall.dns\",\"op\":\"changed\",\"before\":null,"
+                                  "\"after\":[\"198.51.100.53\"]}"));
+    compiler_changes_free(c, n);
+    drop(before);
+    drop(after);
+}
+
 static void test_diff_shapes(void)
 {
     model *before = sample(), *after = sample();
@@ -1427,6 +1726,8 @@ int unit_register(void)
         {"sha256", test_sha256},
         {"values_agree_with_node", test_values_agree_with_node},
         {"invalid_input", test_invalid_input},
+        {"firewall", test_firewall},
+        {"firewall_invalid", test_firewall_invalid},
         {NULL, NULL},
     };
     static const unit_case vectors[] = {
@@ -1442,6 +1743,7 @@ int unit_register(void)
     static const unit_case dry_run[] = {
         {"one_office_of_three", test_diff_one_office},
         {"shapes", test_diff_shapes},
+        {"firewall", test_diff_firewall},
         {"document_diff", test_document_diff},
         {NULL, NULL},
     };

@@ -260,17 +260,56 @@ static size_t upgraded_n(const char *extra_name, const char *extra_sql)
     return n + 1;
 }
 
+/* The settings fields 003_firewall.sql added. */
+#define FW_FIELDS "'$.dns_resolvers', '$.web_mode', '$.web_devices', '$.log_drops_per_minute'"
+#define FW_CHANGE_FIELDS                                                                           \
+    "'$.before.dns_resolvers', '$.before.web_mode', '$.before.web_devices', "                      \
+    "'$.before.log_drops_per_minute', '$.after.dns_resolvers', '$.after.web_mode', "               \
+    "'$.after.web_devices', '$.after.log_drops_per_minute'"
+
+/* Turns a closed database into what a binary that knew only the first
+ * `version` migrations would have written: each later migration undone,
+ * and (below 3) the revisions without the firewall settings, their
+ * snapshots of format 1. */
+static void downgrade(const char *path, int version)
+{
+    if (version < 3)
+        raw_exec(path,
+                 "UPDATE revisions SET changes = (SELECT json_group_array(json(json_remove("
+                 "value, " FW_CHANGE_FIELDS "))) FROM json_each(revisions.changes));"
+                 "UPDATE revisions SET snapshot = json_set(snapshot, '$.format', 1, '$.settings', "
+                 "(SELECT json_group_array(json(json_remove(value, " FW_FIELDS
+                 "))) FROM json_each(revisions.snapshot, '$.settings'))) "
+                 "WHERE snapshot IS NOT NULL;"
+                 "ALTER TABLE settings DROP COLUMN dns_resolvers;"
+                 "ALTER TABLE settings DROP COLUMN web_mode;"
+                 "ALTER TABLE settings DROP COLUMN web_devices;"
+                 "ALTER TABLE settings DROP COLUMN log_drops_per_minute;"
+                 "PRAGMA user_version = 2;");
+    if (version < 2)
+        raw_exec(path, "DROP TABLE enrollment_tokens; DROP TABLE rollout;"
+                       "ALTER TABLE nodes DROP COLUMN cert_fingerprint;"
+                       "ALTER TABLE nodes DROP COLUMN enrolled_at;"
+                       "ALTER TABLE nodes DROP COLUMN software;"
+                       "ALTER TABLE nodes DROP COLUMN connected;"
+                       "ALTER TABLE nodes DROP COLUMN events_seq;"
+                       "ALTER TABLE nodes DROP COLUMN events_dropped;"
+                       "ALTER TABLE nodes DROP COLUMN stats;"
+                       "ALTER TABLE nodes DROP COLUMN stats_at;"
+                       "PRAGMA user_version = 1;");
+    CU_ASSERT_EQUAL(raw_pragma(path, "PRAGMA user_version"), version);
+}
+
 static void test_old_database_upgraded(void)
 {
     char path[256], err[512];
     store *s = NULL;
     db_path(path, sizeof(path));
     /* A database made by a binary that knew only the first migration. */
-    CU_ASSERT_EQUAL_FATAL(store__open_with(path, store__migrations, 1, &s, err, sizeof(err)),
-                          STORE_OK);
+    CU_ASSERT_EQUAL_FATAL(store_open(path, &s, err, sizeof(err)), STORE_OK);
     create(s, STORE_REGION, "{\"name\": \"APAC\"}");
     store_close(s);
-    CU_ASSERT_EQUAL(raw_pragma(path, "PRAGMA user_version"), 1);
+    downgrade(path, 1);
 
     size_t n = upgraded_n("099_test_extra.sql",
                           "CREATE TABLE test_extra (x INTEGER NOT NULL);\n"
@@ -290,6 +329,90 @@ static void test_old_database_upgraded(void)
 
     /* And this binary, which lacks the extra migration, now refuses the file. */
     CU_ASSERT_EQUAL(store_open(path, &s, err, sizeof(err)), STORE_EVERSION);
+}
+
+/* A database of the release before 003_firewall.sql: its revisions know
+ * nothing of the new settings. After the upgrade they read as null
+ * (inherit), the history still replays and diffs, and a rollback to a
+ * revision from before the upgrade works. */
+static void test_firewall_settings_upgrade(void)
+{
+    char path[256], err[512], txt[256];
+    store *s = NULL;
+    db_path(path, sizeof(path));
+    CU_ASSERT_EQUAL_FATAL(store_open(path, &s, err, sizeof(err)), STORE_OK);
+    int64_t r = create(s, STORE_REGION, "{\"name\": \"EMEA\"}");
+    snprintf(txt, sizeof(txt), "{\"name\": \"Paris\", \"region_id\": %lld}", (long long)r);
+    int64_t o = create(s, STORE_OFFICE, txt);
+    cJSON *in = J("{\"open_ports\": [{\"port\": 25, \"proto\": \"tcp\", \"devices\": "
+                  "[\"10.1.0.25\"]}]}");
+    CU_ASSERT_EQUAL(store_settings_put(s, MODEL_SCOPE_OFFICE, o, in, 0, "tester", NULL), STORE_OK);
+    cJSON_Delete(in);
+    int64_t old_rev = 0;
+    CU_ASSERT_EQUAL(store_revision_current(s, &old_rev), STORE_OK);
+    store_close(s);
+    downgrade(path, 2);
+    CU_ASSERT_EQUAL(raw_pragma(path, "SELECT count(*) FROM revisions WHERE snapshot IS NOT NULL "
+                                     "AND json_extract(snapshot, '$.format') = 1"),
+                    1);
+
+    CU_ASSERT_EQUAL_FATAL(store_open(path, &s, err, sizeof(err)), STORE_OK);
+    CU_ASSERT_EQUAL(raw_pragma(path, "PRAGMA user_version"), store_schema_version());
+    /* The new fields of every scope: null. */
+    cJSON *g = NULL, *rev = NULL, *diff = NULL;
+    CU_ASSERT_EQUAL_FATAL(store_settings_get(s, MODEL_SCOPE_GLOBAL, 0, &g), STORE_OK);
+    CU_ASSERT_TRUE(cJSON_IsNull(cJSON_GetObjectItem(g, "dns_resolvers")));
+    CU_ASSERT_TRUE(cJSON_IsNull(cJSON_GetObjectItem(g, "web_mode")));
+    CU_ASSERT_TRUE(cJSON_IsNull(cJSON_GetObjectItem(g, "log_drops_per_minute")));
+    int64_t getag = (int64_t)cJSON_GetObjectItem(g, "etag")->valuedouble;
+    cJSON_Delete(g);
+    /* An old revision reads with them, as null, in the fields' order. */
+    CU_ASSERT_EQUAL_FATAL(store_revision_get(s, 1, &rev), STORE_OK);
+    cJSON *gs =
+        cJSON_GetArrayItem(cJSON_GetObjectItem(cJSON_GetObjectItem(rev, "model"), "settings"), 0);
+    CU_ASSERT_TRUE(cJSON_IsNull(cJSON_GetObjectItem(gs, "web_devices")));
+    CU_ASSERT_STRING_EQUAL(cJSON_GetArrayItem(gs, 12)->string, "log_drops_per_minute");
+    CU_ASSERT_STRING_EQUAL(cJSON_GetArrayItem(gs, 13)->string, "etag");
+    CU_ASSERT_PTR_NULL(cJSON_GetObjectItem(cJSON_GetObjectItem(rev, "model"), "format"));
+    cJSON_Delete(rev);
+    /* The newest pre-upgrade revision and now: the same policy. */
+    CU_ASSERT_EQUAL_FATAL(store_revision_diff(s, old_rev, old_rev, &diff), STORE_OK);
+    CU_ASSERT_EQUAL(cJSON_GetArraySize(cJSON_GetObjectItem(diff, "changes")), 0);
+    cJSON_Delete(diff);
+
+    /* New settings after the upgrade, then back to before it. */
+    in = J("{\"dns_resolvers\": [\"198.51.100.53\"], \"web_mode\": \"proxy\", "
+           "\"web_devices\": [\"10.1.0.8\"], \"log_drops_per_minute\": 60}");
+    CU_ASSERT_EQUAL(store_settings_put(s, MODEL_SCOPE_GLOBAL, 0, in, getag, "tester", NULL),
+                    STORE_OK);
+    cJSON_Delete(in);
+    int64_t cur = 0;
+    CU_ASSERT_EQUAL(store_revision_current(s, &cur), STORE_OK);
+    CU_ASSERT_EQUAL_FATAL(store_revision_diff(s, old_rev, cur, &diff), STORE_OK);
+    CU_ASSERT_EQUAL(cJSON_GetArraySize(cJSON_GetObjectItem(diff, "changes")), 1);
+    cJSON_Delete(diff);
+    model m;
+    CU_ASSERT_EQUAL_FATAL(store_model_load(s, 0, &m), STORE_OK);
+    CU_ASSERT_TRUE(m.global.has_dns_resolvers);
+    CU_ASSERT_STRING_EQUAL(m.global.web_mode, "proxy");
+    CU_ASSERT_EQUAL(m.global.log_drops_per_minute, 60);
+    model_free(&m);
+    CU_ASSERT_EQUAL_FATAL(store_rollback(s, old_rev, "tester", NULL), STORE_OK);
+    CU_ASSERT_EQUAL_FATAL(store_model_load(s, 0, &m), STORE_OK);
+    CU_ASSERT_FALSE(m.global.has_dns_resolvers);
+    CU_ASSERT_FALSE(m.global.has_web_mode);
+    CU_ASSERT_FALSE(m.global.has_web_devices);
+    CU_ASSERT_FALSE(m.global.has_log_drops_per_minute);
+    CU_ASSERT_EQUAL_FATAL(m.noffices, 1);
+    CU_ASSERT_EQUAL(m.offices[0].settings.nopen_ports, 1);
+    model_free(&m);
+    /* Every revision, old and new, still rebuilds. */
+    CU_ASSERT_EQUAL(store_revision_current(s, &cur), STORE_OK);
+    for (int64_t i = 1; i <= cur; i++) {
+        CU_ASSERT_EQUAL(store_model_load(s, i, &m), STORE_OK);
+        model_free(&m);
+    }
+    store_close(s);
 }
 
 static void test_failed_migration_rolls_back(void)
@@ -542,6 +665,27 @@ static void test_invalid_input(void)
         J("{\"open_ports\": [{\"port\": 25, \"proto\": \"tcp\", \"devices\": "
           "[\"192.0.2.10\"], \"note\": 1}]}"),
         J("{\"require_certificate\": \"yes\"}"),
+        J("{\"open_ports\": [{\"port\": \"8100-8000\", \"proto\": \"tcp\", \"devices\": "
+          "[\"192.0.2.10\"]}]}"),
+        J("{\"open_ports\": [{\"port\": \"80-\", \"proto\": \"tcp\", \"devices\": "
+          "[\"192.0.2.10\"]}]}"),
+        J("{\"open_ports\": [{\"port\": \"080\", \"proto\": \"tcp\", \"devices\": "
+          "[\"192.0.2.10\"]}]}"),
+        J("{\"open_ports\": [{\"port\": 25, \"proto\": \"tcp\", \"devices\": []}]}"),
+        J("{\"open_ports\": [{\"port\": 25, \"proto\": \"tcp\", \"devices\": "
+          "[\"192.0.2.25\"]}, {\"port\": \"20-30\", \"proto\": \"tcp\", \"devices\": "
+          "[\"192.0.2.26\"]}]}"),
+        J("{\"open_ports\": [{\"port\": 25, \"proto\": \"tcp\", \"devices\": "
+          "[\"192.0.2.25\"]}, {\"port\": \"25\", \"proto\": \"tcp\", \"devices\": "
+          "[\"192.0.2.26\"]}]}"),
+        J("{\"dns_resolvers\": [\"198.51.100.0/24\"]}"),
+        J("{\"dns_resolvers\": [\"198.51.100.53\", \"::ffff:198.51.100.53\"]}"),
+        J("{\"dns_resolvers\": \"198.51.100.53\"}"),
+        J("{\"web_mode\": \"bridge\"}"),
+        J("{\"web_devices\": [\"192.0.2.1/24\"]}"),
+        J("{\"web_mode\": \"transparent\", \"web_devices\": [\"192.0.2.8\"]}"),
+        J("{\"log_drops_per_minute\": 10001}"),
+        J("{\"log_drops_per_minute\": -1}"),
     };
     const char *fields[] = {"ports['80']",
                             "ports['0']",
@@ -549,7 +693,21 @@ static void test_invalid_input(void)
                             "high_port_threshold",
                             "open_ports[0].devices[0]",
                             "open_ports[0].note",
-                            "require_certificate"};
+                            "require_certificate",
+                            "open_ports[0].port",
+                            "open_ports[0].port",
+                            "open_ports[0].port",
+                            "open_ports[0].devices",
+                            "open_ports[1]",
+                            "open_ports[1]",
+                            "dns_resolvers[0]",
+                            "dns_resolvers[1]",
+                            "dns_resolvers",
+                            "web_mode",
+                            "web_devices[0]",
+                            "web_devices",
+                            "log_drops_per_minute",
+                            "log_drops_per_minute"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         CU_ASSERT_EQUAL(store_settings_put(s, MODEL_SCOPE_GLOBAL, 0, bad[i], 0, "tester", NULL),
                         STORE_EINVALID);
@@ -783,13 +941,21 @@ static bool settings_eq(const model_settings *a, const model_settings *b)
         a->block_high_ports != b->block_high_ports ||
         a->has_high_port_threshold != b->has_high_port_threshold ||
         a->high_port_threshold != b->high_port_threshold ||
-        a->has_open_ports != b->has_open_ports || a->nopen_ports != b->nopen_ports)
+        a->has_open_ports != b->has_open_ports || a->nopen_ports != b->nopen_ports ||
+        a->has_dns_resolvers != b->has_dns_resolvers ||
+        !strv_eq(a->dns_resolvers, a->ndns_resolvers, b->dns_resolvers, b->ndns_resolvers) ||
+        a->has_web_mode != b->has_web_mode || strcmp(a->web_mode, b->web_mode) != 0 ||
+        a->has_web_devices != b->has_web_devices ||
+        !strv_eq(a->web_devices, a->nweb_devices, b->web_devices, b->nweb_devices) ||
+        a->has_log_drops_per_minute != b->has_log_drops_per_minute ||
+        a->log_drops_per_minute != b->log_drops_per_minute)
         return false;
     for (size_t i = 0; i < a->nports; i++)
         if (a->ports[i] != b->ports[i] || strcmp(a->port_protos[i], b->port_protos[i]) != 0)
             return false;
     for (size_t i = 0; i < a->nopen_ports; i++)
         if (a->open_ports[i].port != b->open_ports[i].port ||
+            a->open_ports[i].port_last != b->open_ports[i].port_last ||
             strcmp(a->open_ports[i].proto, b->open_ports[i].proto) != 0 ||
             !strv_eq(a->open_ports[i].devices, a->open_ports[i].ndevices, b->open_ports[i].devices,
                      b->open_ports[i].ndevices))
@@ -870,9 +1036,25 @@ static void test_model_load(void)
     create(s, STORE_NODE, txt);
     cJSON *set = J("{\"ports\": {\"8080\": \"http\", \"443\": \"tls\"}, \"block_high_ports\": "
                    "false, \"open_ports\": [{\"port\": 25, \"proto\": \"tcp\", \"devices\": "
-                   "[\"10.1.0.25\"]}]}");
-    CU_ASSERT_EQUAL(store_settings_put(s, MODEL_SCOPE_OFFICE, o, set, 0, "tester", NULL), STORE_OK);
+                   "[\"10.1.0.25\"]}, {\"port\": \"8000-8100\", \"proto\": \"udp\", "
+                   "\"devices\": [\"10.1.7.0/24\"]}, {\"port\": \"53-53\", \"proto\": \"udp\", "
+                   "\"devices\": [\"10.1.0.53\"]}], \"dns_resolvers\": [\"::ffff:198.51.100.53\", "
+                   "\"2001:DB8::53\"], \"web_mode\": \"proxy\", \"web_devices\": [\"10.1.0.8\"], "
+                   "\"log_drops_per_minute\": 0}");
+    cJSON *got = NULL;
+    CU_ASSERT_EQUAL(store_settings_put(s, MODEL_SCOPE_OFFICE, o, set, 0, "tester", &got), STORE_OK);
     cJSON_Delete(set);
+    /* As the API shows them: normalized, a range as "first-last", one port
+     * as a number. */
+    char *gtxt = cJSON_PrintUnformatted(got);
+    CU_ASSERT_PTR_NOT_NULL(strstr(
+        gtxt, "\"open_ports\":[{\"devices\":[\"10.1.0.25/32\"],\"port\":25,\"proto\":\"tcp\"},"
+              "{\"devices\":[\"10.1.7.0/24\"],\"port\":\"8000-8100\",\"proto\":\"udp\"},"
+              "{\"devices\":[\"10.1.0.53/32\"],\"port\":53,\"proto\":\"udp\"}],"
+              "\"dns_resolvers\":[\"198.51.100.53\",\"2001:db8::53\"],\"web_mode\":\"proxy\","
+              "\"web_devices\":[\"10.1.0.8/32\"],\"log_drops_per_minute\":0,"));
+    free(gtxt);
+    cJSON_Delete(got);
 
     model m;
     CU_ASSERT_EQUAL_FATAL(store_model_load(s, 0, &m), STORE_OK);
@@ -892,10 +1074,34 @@ static void test_model_load(void)
     CU_ASSERT_FALSE(os->block_high_ports);
     CU_ASSERT_FALSE(os->has_require_certificate); /* inherits */
     CU_ASSERT_FALSE(os->has_use_lists);
-    CU_ASSERT_EQUAL_FATAL(os->nopen_ports, 1);
+    CU_ASSERT_EQUAL_FATAL(os->nopen_ports, 3);
     CU_ASSERT_EQUAL(os->open_ports[0].port, 25);
+    CU_ASSERT_EQUAL(os->open_ports[0].port_last, 0);
     CU_ASSERT_STRING_EQUAL(os->open_ports[0].proto, "tcp");
     CU_ASSERT_STRING_EQUAL(os->open_ports[0].devices[0], "10.1.0.25/32");
+    CU_ASSERT_EQUAL(os->open_ports[1].port, 8000);
+    CU_ASSERT_EQUAL(os->open_ports[1].port_last, 8100);
+    CU_ASSERT_EQUAL(os->open_ports[2].port, 53);
+    CU_ASSERT_EQUAL(os->open_ports[2].port_last, 0);
+    CU_ASSERT_TRUE(os->has_dns_resolvers);
+    CU_ASSERT_EQUAL_FATAL(os->ndns_resolvers, 2);
+    CU_ASSERT_STRING_EQUAL(os->dns_resolvers[0], "198.51.100.53");
+    CU_ASSERT_TRUE(os->has_web_mode);
+    CU_ASSERT_STRING_EQUAL(os->web_mode, "proxy");
+    CU_ASSERT_EQUAL_FATAL(os->nweb_devices, 1);
+    CU_ASSERT_STRING_EQUAL(os->web_devices[0], "10.1.0.8/32");
+    CU_ASSERT_TRUE(os->has_log_drops_per_minute); /* 0 is a value: not logged */
+    CU_ASSERT_EQUAL(os->log_drops_per_minute, 0);
+    /* Unset: inherits. The seeded global states the white paper's values. */
+    const model_settings *rs = &m.regions[0].settings;
+    CU_ASSERT_FALSE(rs->has_dns_resolvers || rs->has_web_mode || rs->has_web_devices ||
+                    rs->has_log_drops_per_minute || rs->has_open_ports);
+    CU_ASSERT_FALSE(m.global.has_dns_resolvers); /* any resolver */
+    CU_ASSERT_STRING_EQUAL(m.global.web_mode, "transparent");
+    CU_ASSERT_TRUE(m.global.has_web_devices);
+    CU_ASSERT_EQUAL(m.global.nweb_devices, 0);
+    CU_ASSERT_TRUE(m.global.has_log_drops_per_minute);
+    CU_ASSERT_TRUE(m.global.has_open_ports);
     CU_ASSERT_FALSE(m.regions[0].settings.has_ports);
     CU_ASSERT_TRUE(m.global.has_use_lists);
     CU_ASSERT_EQUAL_FATAL(m.ngroups, 1);
@@ -964,7 +1170,10 @@ static void test_rollback(void)
     snprintf(txt, sizeof(txt), "{\"name\": \"Berlin\", \"region_id\": %lld}", (long long)r2);
     create(s, STORE_OFFICE, txt);
     create(s, STORE_LIST, "{\"name\": \"games\", \"list\": {\"category\": \"games\"}}");
-    in = J("{\"use_lists\": [\"skype\", \"teams\"], \"block_executables\": false}");
+    in = J("{\"use_lists\": [\"skype\", \"teams\"], \"block_executables\": false, "
+           "\"dns_resolvers\": [\"198.51.100.53\"], \"web_mode\": \"proxy\", "
+           "\"web_devices\": [\"10.1.0.8\"], \"log_drops_per_minute\": 5, \"open_ports\": "
+           "[{\"port\": \"8000-8100\", \"proto\": \"tcp\", \"devices\": [\"10.1.0.0/16\"]}]}");
     CU_ASSERT_EQUAL(store_settings_put(s, MODEL_SCOPE_GLOBAL, 0, in, 0, "tester", NULL), STORE_OK);
     cJSON_Delete(in);
     int64_t cur = 0;
@@ -983,6 +1192,12 @@ static void test_rollback(void)
     CU_ASSERT_EQUAL_FATAL(store_model_load(s, 0, &after), STORE_OK);
     CU_ASSERT_EQUAL(after.revision, made);
     CU_ASSERT_TRUE(model_eq(&before, &after));
+    /* the firewall settings too: back to the seeded ones */
+    CU_ASSERT_FALSE(after.global.has_dns_resolvers);
+    CU_ASSERT_STRING_EQUAL(after.global.web_mode, "transparent");
+    CU_ASSERT_EQUAL(after.global.nweb_devices, 0);
+    CU_ASSERT_EQUAL(after.global.log_drops_per_minute, 0);
+    CU_ASSERT_EQUAL(after.global.nopen_ports, 0);
     /* Nothing differs between the two revisions. */
     CU_ASSERT_EQUAL(store_revision_diff(s, target, made, &out), STORE_OK);
     CU_ASSERT_EQUAL(cJSON_GetArraySize(cJSON_GetObjectItem(out, "changes")), 0);
@@ -1834,6 +2049,7 @@ int unit_register(void)
         {"reopen", test_reopen},
         {"newer database refused", test_newer_database_refused},
         {"old database upgraded", test_old_database_upgraded},
+        {"firewall settings upgrade", test_firewall_settings_upgrade},
         {"failed migration rolls back", test_failed_migration_rolls_back},
         {"foreign files refused", test_foreign_files_refused},
         {NULL, NULL}};
