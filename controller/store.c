@@ -1772,7 +1772,7 @@ static int check_open_ports(store *s, const cJSON *v, cJSON **out)
         return oom(s);
     int i = 0, rc = STORE_OK, pairs = 0;
     for (const cJSON *it = v->child; rc == STORE_OK && it; it = it->next, i++) {
-        char f[32], g[64], pb[16];
+        char f[32], g[64], pb[48];
         int64_t port = 0, last = 0;
         const char *proto = NULL;
         cJSON *devices = NULL, *e = NULL;
