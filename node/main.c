@@ -1,11 +1,14 @@
 /* main.c - portcullis-node: the branch-office daemon (docs/node.md). It
- * starts the conformance proxy with the policy it has (cached from the
- * controller, a file, or the built-in one) before anything else, then, when
- * the state directory holds an enrollment, links up with the controller on
- * the main libuv loop. `portcullis-node enroll ...` enrolls the node. */
+ * loads the firewall (with --firewall) and starts the conformance proxy with
+ * the policy it has (cached from the controller, a file, or the built-in
+ * one) before anything else, then, when the state directory holds an
+ * enrollment, links up with the controller on the main libuv loop.
+ * `portcullis-node enroll ...` enrolls the node; `portcullis-node firewall
+ * show|flush` looks at or removes its firewall (docs/firewall.md). */
 #include "agent.h"
-#include "node_enroll.h"
 #include "events.h"
+#include "firewall.h"
+#include "node_enroll.h"
 #include "pc_policy.h"
 #include "proxy.h"
 #include "spool.h"
@@ -29,6 +32,10 @@ static void usage(FILE *f)
         f, "usage: portcullis-node [options]\n"
            "       portcullis-node enroll --controller https://HOST:PORT --token TOKEN "
            "[--state DIR]\n"
+           "       portcullis-node firewall show [--state DIR] [--policy FILE] "
+           "[--lan-interface IF ...]\n"
+           "                    [--listen ADDR:PORT --transparent]\n"
+           "       portcullis-node firewall flush\n"
            "  --policy FILE     effective-policy document when there is no cached one\n"
            "                    (default: the built-in policy)\n"
            "  --listen ADDR:PORT  where the proxy listens (default 127.0.0.1:3128)\n"
@@ -44,6 +51,10 @@ static void usage(FILE *f)
            "(default 60)\n"
            "  --backoff-max SECONDS   longest wait between reconnects (default 60)\n"
            "  --backoff-min-ms MS     first wait between reconnects (default 1000)\n"
+           "  --firewall        program the gateway's firewall from the policy (nftables,\n"
+           "                    table inet portcullis) before anything else starts\n"
+           "  --lan-interface IF  a LAN interface (repeatable; required with --firewall)\n"
+           "  --dry-run         with --firewall: print the ruleset it would load, exit\n"
            "  -n, --check       check the configuration, print 'configuration OK', exit\n"
            "  --version         print the version\n"
            "Signals: SIGHUP reloads the policy file (when the controller does not manage\n"
@@ -96,6 +107,64 @@ static int parse_long(const char *opt, const char *s, long long min, long long m
     return 0;
 }
 
+/* The port of "ADDR:PORT" / "[V6]:PORT", or -1. */
+static int listen_port(const char *listen)
+{
+    const char *colon = strrchr(listen, ':');
+    long long v;
+    char *end;
+    if (!colon || !colon[1])
+        return -1;
+    v = strtoll(colon + 1, &end, 10);
+    if (*end || v < 0 || v > 65535)
+        return -1;
+    return (int)v;
+}
+
+/* The firewall's view of the node: --lan-interface and, for a transparent
+ * proxy, its port (redirected LAN web traffic goes there). */
+static int firewall_local(fw_local *l, const char *const *ifaces, size_t nifaces,
+                          const char *listen, bool transparent)
+{
+    memset(l, 0, sizeof(*l));
+    for (size_t i = 0; i < nifaces; i++)
+        l->lan_ifaces[i] = ifaces[i];
+    l->nifaces = nifaces;
+    if (transparent) {
+        int port = listen_port(listen);
+        if (port <= 0) {
+            fprintf(stderr,
+                    "portcullis-node: --firewall redirects LAN web traffic to the proxy, which "
+                    "needs a fixed port: --listen %s\n",
+                    listen);
+            return -1;
+        }
+        l->proxy_port = (uint16_t)port;
+    }
+    return 0;
+}
+
+/* The enforced policy as the daemon picks it: the cached document, else
+ * the file, else the built-in policy. source describes it. */
+static int enforced_policy(const char *state_dir, const char *policy_path, pc_policy **out,
+                           char cached_sha[65], bool *cached, char *source, size_t srclen)
+{
+    char err[1024];
+    int rc = agent_load_cached(state_dir, out, cached_sha, err, sizeof(err));
+    *cached = rc == 0;
+    if (rc == 0) {
+        snprintf(source, srclen, "%s/policy.json (cached from the controller)", state_dir);
+        return 0;
+    }
+    if (rc < 0)
+        fprintf(stderr, "portcullis-node: the cached policy does not load (%s); using %s\n", err,
+                policy_path ? policy_path : "the built-in policy");
+    if (load_policy(policy_path, out) != 0)
+        return -1;
+    snprintf(source, srclen, "%s", policy_path ? policy_path : "the built-in policy");
+    return 0;
+}
+
 /* Opens DIR/spool.db. One that does not open (a damaged file) is moved
  * aside, named in the log, and a new one started: the controller then
  * holds higher numbers than the new spool and the node moves past them. */
@@ -139,15 +208,32 @@ typedef struct node {
     spool *sp;
     ev_sink *events;
     const char *policy_path;
+    bool firewall; /* --firewall: the node programs the gateway */
+    fw_local fwl;
     uv_signal_t sig_hup, sig_usr1, sig_int, sig_term;
     bool stopping;
 } node;
 
+/* Makes p's firewall the loaded one; with it refused, nothing changes. */
+static int firewall_load(node *n, const pc_policy *p, char *err, size_t errlen)
+{
+    char *ruleset = NULL;
+    if (!n->firewall)
+        return 0;
+    if (fw_generate(p, &n->fwl, &ruleset, err, errlen) != 0)
+        return -1;
+    int rc = fw_apply(ruleset, err, errlen);
+    free(ruleset);
+    return rc;
+}
+
+/* The firewall first: a document it refuses changes neither the firewall
+ * nor the proxy (the agent acks "failed" with nftables' message). */
 static int hook_apply(void *arg, pc_policy *p, char *err, size_t errlen)
 {
     node *n = arg;
-    (void)err;
-    (void)errlen;
+    if (firewall_load(n, p, err, errlen) != 0)
+        return -1;
     proxy_set_policy(n->px, p);
     return 0;
 }
@@ -167,6 +253,12 @@ static void hook_counters(void *arg, cJSON *c)
     cJSON *br = cJSON_AddObjectToObject(c, "blocks_by_reason");
     if (br)
         ev_sink_blocks_by_reason(n->events, br);
+    if (n->firewall) {
+        char err[512];
+        cJSON *fw = cJSON_AddObjectToObject(c, "firewall");
+        if (fw && fw_counters(fw, err, sizeof(err)) != 0)
+            fprintf(stderr, "portcullis-node: firewall counters: %s\n", err);
+    }
     if (n->ag) {
         agent_status as;
         agent_get_status(n->ag, &as);
@@ -194,6 +286,22 @@ static void print_counters(node *n)
             (unsigned long long)st.blocked, (unsigned long long)st.exceptions,
             (unsigned long long)st.refused_limit, (unsigned long long)st.bytes_up,
             (unsigned long long)st.bytes_down);
+    if (n->firewall) {
+        char err[512];
+        cJSON *fw = cJSON_CreateObject();
+        if (fw && fw_counters(fw, err, sizeof(err)) == 0) {
+            fprintf(stderr, "portcullis-node: firewall");
+            const cJSON *it;
+            cJSON_ArrayForEach(it, fw)
+            {
+                fprintf(stderr, " %s %.0f", it->string, it->valuedouble);
+            }
+            fprintf(stderr, "%s\n", fw->child ? "" : " (no table loaded)");
+        } else if (fw) {
+            fprintf(stderr, "portcullis-node: firewall counters: %s\n", err);
+        }
+        cJSON_Delete(fw);
+    }
     if (n->ag) {
         agent_status as;
         agent_get_status(n->ag, &as);
@@ -221,10 +329,17 @@ static void on_signal(uv_signal_t *h, int sig)
                             "reopening the event log only\n");
         } else {
             pc_policy *np;
+            char err[1024];
             if (load_policy(n->policy_path, &np) == 0) {
-                proxy_set_policy(n->px, np);
-                fprintf(stderr, "portcullis-node: policy version %llu applied\n",
-                        (unsigned long long)pc_policy_version(np));
+                if (hook_apply(n, np, err, sizeof(err)) == 0)
+                    fprintf(stderr, "portcullis-node: policy version %llu applied%s\n",
+                            (unsigned long long)pc_policy_version(np),
+                            n->firewall ? " (firewall and proxy)" : "");
+                else
+                    fprintf(stderr,
+                            "portcullis-node: policy version %llu refused: the firewall does "
+                            "not load: %s; keeping the previous policy\n",
+                            (unsigned long long)pc_policy_version(np), err);
                 pc_policy_unref(np);
             } else {
                 fprintf(stderr, "portcullis-node: keeping the previous policy\n");
@@ -251,10 +366,144 @@ static void on_signal(uv_signal_t *h, int sig)
     n->px = NULL;
 }
 
+/* `portcullis-node firewall show|flush`: what is loaded, its counters,
+ * and whether it is what the enforced policy generates. Exit 0: it
+ * matches (show) or is removed (flush); 1: it does not, or an error; 2: bad
+ * command line. */
+static int firewall_main(int argc, char **argv)
+{
+    enum { O_STATE = 256, O_POLICY, O_LAN_IF, O_LISTEN, O_TRANSPARENT };
+    static const struct option opts[] = {
+        {"state", required_argument, NULL, O_STATE},
+        {"policy", required_argument, NULL, O_POLICY},
+        {"lan-interface", required_argument, NULL, O_LAN_IF},
+        {"listen", required_argument, NULL, O_LISTEN},
+        {"transparent", no_argument, NULL, O_TRANSPARENT},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *state_dir = NODE_STATE_DEFAULT, *policy_path = NULL, *listen = NULL;
+    const char *ifaces[FW_MAX_IFACES];
+    size_t nifaces = 0;
+    bool transparent = false;
+    int ch;
+    const char *what = argc > 1 ? argv[1] : "";
+    if (strcmp(what, "show") != 0 && strcmp(what, "flush") != 0) {
+        fprintf(stderr, "portcullis-node firewall: expected 'show' or 'flush'\n");
+        usage(stderr);
+        return 2;
+    }
+    optind = 2;
+    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (ch) {
+        case O_STATE: state_dir = optarg; break;
+        case O_POLICY: policy_path = optarg; break;
+        case O_LAN_IF:
+            if (nifaces == FW_MAX_IFACES) {
+                fprintf(stderr, "portcullis-node: at most %d --lan-interface\n", FW_MAX_IFACES);
+                return 2;
+            }
+            ifaces[nifaces++] = optarg;
+            break;
+        case O_LISTEN: listen = optarg; break;
+        case O_TRANSPARENT: transparent = true; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "portcullis-node firewall: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    char err[1024];
+    if (strcmp(what, "flush") == 0) {
+        if (fw_remove(err, sizeof(err)) != 0) {
+            fprintf(stderr, "portcullis-node: firewall flush: %s\n", err);
+            return 1;
+        }
+        printf("table inet " FW_TABLE " removed\n");
+        return 0;
+    }
+
+    char *shown = NULL, *ruleset = NULL, source[1200], sha[65], names[FW_MAX_IFACES][32];
+    pc_policy *policy = NULL;
+    bool cached, same = false;
+    int status = 1;
+    fw_local loaded, l;
+    if (fw_show(&shown, err, sizeof(err)) != 0) {
+        fprintf(stderr, "portcullis-node: firewall show: %s\n", err);
+        return 1;
+    }
+    if (!shown) {
+        printf("no table inet " FW_TABLE " is loaded\nmatches the enforced policy: no\n");
+        return 1;
+    }
+    fputs(shown, stdout);
+    cJSON *counters = cJSON_CreateObject();
+    if (counters && fw_counters(counters, err, sizeof(err)) == 0) {
+        printf("counters:\n");
+        const cJSON *it;
+        cJSON_ArrayForEach(it, counters)
+        {
+            size_t len = strlen(it->string);
+            if (len <= 8 || strcmp(it->string + len - 8, "_packets") != 0)
+                continue;
+            char bytes_key[80];
+            snprintf(bytes_key, sizeof(bytes_key), "%.*s_bytes", (int)(len - 8), it->string);
+            const cJSON *b = cJSON_GetObjectItemCaseSensitive(counters, bytes_key);
+            printf("  %-16.*s %12.0f packets %14.0f bytes\n", (int)(len - 8), it->string,
+                   it->valuedouble, cJSON_IsNumber(b) ? b->valuedouble : 0.0);
+        }
+    } else {
+        printf("counters: %s\n", err);
+    }
+    cJSON_Delete(counters);
+
+    /* The node's own settings: as given, else as the loaded table has them. */
+    if (fw_loaded_local(&loaded, names, err, sizeof(err)) < 0) {
+        fprintf(stderr, "portcullis-node: firewall show: %s\n", err);
+        goto done;
+    }
+    l = loaded;
+    if (nifaces) {
+        for (size_t i = 0; i < nifaces; i++)
+            l.lan_ifaces[i] = ifaces[i];
+        l.nifaces = nifaces;
+    }
+    if (listen) {
+        const char *keep[FW_MAX_IFACES];
+        memcpy(keep, l.lan_ifaces, sizeof(keep));
+        if (firewall_local(&l, keep, l.nifaces, listen, transparent) != 0)
+            goto done;
+    }
+    if (enforced_policy(state_dir, policy_path, &policy, sha, &cached, source, sizeof(source)) != 0)
+        goto done;
+    printf("enforced policy: version %llu from %s\n", (unsigned long long)pc_policy_version(policy),
+           source);
+    if (fw_generate(policy, &l, &ruleset, err, sizeof(err)) != 0) {
+        printf("matches the enforced policy: no (%s)\n", err);
+        goto done;
+    }
+    if (fw_compare(ruleset, &same, err, sizeof(err)) != 0) {
+        fprintf(stderr, "portcullis-node: firewall show: %s\n", err);
+        goto done;
+    }
+    printf("matches the enforced policy: %s\n", same ? "yes" : "no");
+    status = same ? 0 : 1;
+done:
+    fflush(stdout);
+    free(ruleset);
+    free(shown);
+    pc_policy_unref(policy);
+    return status;
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "enroll") == 0)
         return node_enroll_main(argc - 1, argv + 1);
+    if (argc > 1 && strcmp(argv[1], "firewall") == 0)
+        return firewall_main(argc - 1, argv + 1);
 
     enum {
         OPT_STATE = 256,
@@ -263,6 +512,9 @@ int main(int argc, char **argv)
         OPT_SAFE_TIMEOUT,
         OPT_BACKOFF_MAX,
         OPT_BACKOFF_MIN_MS,
+        OPT_FIREWALL,
+        OPT_LAN_IF,
+        OPT_DRY_RUN,
     };
     static const struct option opts[] = {
         {"policy", required_argument, NULL, 'p'},
@@ -276,6 +528,9 @@ int main(int argc, char **argv)
         {"safe-apply-timeout", required_argument, NULL, OPT_SAFE_TIMEOUT},
         {"backoff-max", required_argument, NULL, OPT_BACKOFF_MAX},
         {"backoff-min-ms", required_argument, NULL, OPT_BACKOFF_MIN_MS},
+        {"firewall", no_argument, NULL, OPT_FIREWALL},
+        {"lan-interface", required_argument, NULL, OPT_LAN_IF},
+        {"dry-run", no_argument, NULL, OPT_DRY_RUN},
         {"check", no_argument, NULL, 'n'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
@@ -287,6 +542,9 @@ int main(int argc, char **argv)
                          .safe_mode = AGENT_SAFE_FIREWALL};
     long long spool_max = 1000000, v;
     int check_only = 0, ch;
+    bool firewall = false, dry_run = false;
+    const char *ifaces[FW_MAX_IFACES];
+    size_t nifaces = 0;
     while ((ch = getopt_long(argc, argv, "nh", opts, NULL)) != -1) {
         switch (ch) {
         case 'p': policy_path = optarg; break;
@@ -331,6 +589,15 @@ int main(int argc, char **argv)
                 return 2;
             acfg.backoff_min_ms = (unsigned)v;
             break;
+        case OPT_FIREWALL: firewall = true; break;
+        case OPT_LAN_IF:
+            if (nifaces == FW_MAX_IFACES) {
+                fprintf(stderr, "portcullis-node: at most %d --lan-interface\n", FW_MAX_IFACES);
+                return 2;
+            }
+            ifaces[nifaces++] = optarg;
+            break;
+        case OPT_DRY_RUN: dry_run = true; break;
         case 'n': check_only = 1; break;
         case 'V': printf("portcullis-node %s\n", NODE_VERSION); return 0;
         case 'h': usage(stdout); return 0;
@@ -343,6 +610,16 @@ int main(int argc, char **argv)
         return 2;
     }
     acfg.state_dir = state_dir;
+    if (!firewall && (nifaces || dry_run)) {
+        fprintf(stderr, "portcullis-node: %s only goes with --firewall\n",
+                dry_run ? "--dry-run" : "--lan-interface");
+        return 2;
+    }
+    if (firewall && nifaces == 0) {
+        fprintf(stderr, "portcullis-node: --firewall needs at least one --lan-interface (the "
+                        "interfaces of the office's LAN)\n");
+        return 2;
+    }
 
     /* Enforcement never waits for the controller: the cached document
      * first, then the file, then the built-in policy. */
@@ -350,28 +627,66 @@ int main(int argc, char **argv)
     char source[1200];
     const char *current_sha = NULL;
     pc_policy *policy = NULL;
-    int rc = agent_load_cached(state_dir, &policy, cached_sha, err, sizeof(err));
-    if (rc == 0) {
+    bool cached;
+    if (enforced_policy(state_dir, policy_path, &policy, cached_sha, &cached, source,
+                        sizeof(source)) != 0)
+        return 1;
+    if (cached)
         current_sha = cached_sha;
-        snprintf(source, sizeof(source), "%s/policy.json (cached from the controller)", state_dir);
-    } else {
-        if (rc < 0)
-            fprintf(stderr, "portcullis-node: the cached policy does not load (%s); using %s\n",
-                    err, policy_path ? policy_path : "the built-in policy");
-        if (load_policy(policy_path, &policy) != 0)
-            return 1;
-        snprintf(source, sizeof(source), "%s", policy_path ? policy_path : "the built-in policy");
-    }
     bool enrolled = agent_enrolled(state_dir);
+
+    int status = 1;
+    node n = {.policy_path = policy_path, .firewall = firewall};
+    char *ruleset = NULL;
+    if (firewall) {
+        if (firewall_local(&n.fwl, ifaces, nifaces, cfg.listen, cfg.transparent) != 0) {
+            pc_policy_unref(policy);
+            return 2;
+        }
+        if (fw_generate(policy, &n.fwl, &ruleset, err, sizeof(err)) != 0) {
+            fprintf(stderr, "portcullis-node: %s: %s\n", source, err);
+            pc_policy_unref(policy);
+            return 1;
+        }
+        if (dry_run) {
+            fputs(ruleset, stdout);
+            free(ruleset);
+            pc_policy_unref(policy);
+            return fflush(stdout) == 0 ? 0 : 1;
+        }
+        if (check_only && fw_check(ruleset, err, sizeof(err)) != 0) {
+            fprintf(stderr, "portcullis-node: %s: the firewall does not load: %s\n", source, err);
+            free(ruleset);
+            pc_policy_unref(policy);
+            return 1;
+        }
+    }
     if (check_only) {
-        printf("%s: policy version %llu: configuration OK\n", source,
-               (unsigned long long)pc_policy_version(policy));
+        printf("%s: policy version %llu%s: configuration OK\n", source,
+               (unsigned long long)pc_policy_version(policy),
+               firewall ? " (and its firewall)" : "");
+        free(ruleset);
         pc_policy_unref(policy);
         return 0;
     }
+    /* Fail closed: the firewall is in place before the proxy listens and
+     * before any connection to the controller; without it, nothing starts. */
+    if (firewall) {
+        int frc = fw_apply(ruleset, err, sizeof(err));
+        free(ruleset);
+        ruleset = NULL;
+        if (frc != 0) {
+            fprintf(stderr, "portcullis-node: the firewall of %s does not load: %s\n", source, err);
+            pc_policy_unref(policy);
+            return 1;
+        }
+        fprintf(stderr,
+                "portcullis-node: firewall loaded (table inet " FW_TABLE ") from policy version "
+                "%llu from %s\n",
+                (unsigned long long)pc_policy_version(policy), source);
+        fflush(stderr);
+    }
 
-    int status = 1;
-    node n = {.policy_path = policy_path};
     uv_loop_t loop;
     bool loop_open = false;
     n.events = ev_sink_open(events_path, err, sizeof(err));
