@@ -620,6 +620,10 @@ int main(int argc, char **argv)
                         "interfaces of the office's LAN)\n");
         return 2;
     }
+    /* A node that does not program the firewall cannot be cut off by a
+     * change to the document's firewall part: nothing to check then. */
+    if (!firewall && acfg.safe_mode == AGENT_SAFE_FIREWALL)
+        acfg.safe_mode = AGENT_SAFE_NEVER;
 
     /* Enforcement never waits for the controller: the cached document
      * first, then the file, then the built-in policy. */
