@@ -358,10 +358,14 @@ static void on_signal(uv_signal_t *h, int sig)
     fflush(stderr);
     agent_stop(n->ag);
     n->ag = NULL;
-    uv_close((uv_handle_t *)&n->sig_hup, NULL);
-    uv_close((uv_handle_t *)&n->sig_usr1, NULL);
-    uv_close((uv_handle_t *)&n->sig_int, NULL);
-    uv_close((uv_handle_t *)&n->sig_term, NULL);
+    /* The handlers stay installed (a second Ctrl-C or SIGTERM while
+     * stopping is absorbed, not the default action that would kill the
+     * process) but no longer keep the loop running; they are closed after
+     * it ends. */
+    uv_unref((uv_handle_t *)&n->sig_hup);
+    uv_unref((uv_handle_t *)&n->sig_usr1);
+    uv_unref((uv_handle_t *)&n->sig_int);
+    uv_unref((uv_handle_t *)&n->sig_term);
     proxy_stop(n->px);
     n->px = NULL;
 }
@@ -768,14 +772,12 @@ int main(int argc, char **argv)
     status = 0;
 done:
     if (loop_open) {
-        /* Only after an early failure: the stop path has closed these. */
-        if (!n.stopping) {
-            uv_signal_t *sigs2[] = {&n.sig_hup, &n.sig_usr1, &n.sig_int, &n.sig_term};
-            for (size_t i = 0; i < 4; i++)
-                if (!uv_is_closing((uv_handle_t *)sigs2[i]))
-                    uv_close((uv_handle_t *)sigs2[i], NULL);
-            uv_run(&loop, UV_RUN_DEFAULT);
-        }
+        /* The signal handlers last: until here a stop signal is absorbed. */
+        uv_signal_t *sigs2[] = {&n.sig_hup, &n.sig_usr1, &n.sig_int, &n.sig_term};
+        for (size_t i = 0; i < 4; i++)
+            if (!uv_is_closing((uv_handle_t *)sigs2[i]))
+                uv_close((uv_handle_t *)sigs2[i], NULL);
+        uv_run(&loop, UV_RUN_DEFAULT);
         if (uv_loop_close(&loop) != 0)
             fprintf(stderr, "portcullis-node: the main loop still had handles at exit\n");
     }

@@ -105,8 +105,12 @@ def wait_for(what, fn, timeout=TIMEOUT, interval=0.02):
 
 def die_with_parent():
     """In a child before exec: SIGTERM when the lab process dies, even by
-    SIGKILL, so nothing the lab started outlives it."""
+    SIGKILL, so nothing the lab started outlives it. Its own process group:
+    Ctrl-C in the terminal reaches only the lab, which stops its daemons in
+    order (a daemon that got the terminal's SIGINT too would be stopping when
+    the lab's SIGTERM comes, and die of that second signal)."""
     ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    os.setpgid(0, 0)
 
 
 # --- network namespaces ------------------------------------------------------
@@ -181,12 +185,16 @@ def sweep():
 
 
 class Namespaces:
-    def __init__(self, roles):
+    """Namespaces named <prefix><tag>-<role>. The lab's tag is its pid and a
+    random byte (so sweep() can tell a dead run's); the demo passes its own
+    prefix and tag "" and removes its leftovers itself (tests/lab/demo.py)."""
+
+    def __init__(self, roles, prefix=PREFIX, tag=None):
         left = sweep()
         if left:
             log("removed %d namespace(s) of an earlier run: %s" % (len(left), ", ".join(left)))
-        self.tag = "%06x%s" % (os.getpid() & 0xFFFFFF, secrets.token_hex(1))
-        self.names = {r: "%s%s-%s" % (PREFIX, self.tag, r) for r in roles}
+        self.tag = tag if tag is not None else "%06x%s" % (os.getpid() & 0xFFFFFF, secrets.token_hex(1))
+        self.names = {r: "%s%s-%s" % (prefix, self.tag, r) for r in roles}
         self._made = []
         for r in roles:
             _ip("netns", "add", self.names[r])
@@ -474,15 +482,16 @@ def sanitizer_env(**extra):
 
 
 class NodeProc(Proc):
-    """portcullis-node in the gateway namespace."""
+    """portcullis-node in the gateway namespace (role; its proxy on listen:PROXY_PORT).
+    lab is anything with ns, node_path and procs (Lab, or the demo's offices)."""
 
-    def __init__(self, lab, dir_, args, env_extra=None):
+    def __init__(self, lab, dir_, args, env_extra=None, role="gw", listen=GW_LAN):
         self.lab = lab
         self.dir = Path(dir_)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.events_file = self.dir / "events.jsonl"
         self.args = list(args)
-        cmd = lab.ns.cmd("gw", lab.node_path, "--listen", "%s:%d" % (GW_LAN, PROXY_PORT), "--transparent",
+        cmd = lab.ns.cmd(role, lab.node_path, "--listen", "%s:%d" % (listen, PROXY_PORT), "--transparent",
                          "--events", self.events_file, "--threads", "1", *self.args)
         super().__init__("portcullis-node", cmd, self.dir / "node.out", sanitizer_env(**(env_extra or {})),
                          lab.procs)
@@ -504,19 +513,24 @@ class NodeProc(Proc):
 
 
 class ControllerProc(Proc):
-    """portcullis-controller in the internet namespace, REST from there too."""
+    """portcullis-controller in the internet namespace, REST from there too;
+    or, with role None, in the lab process's own namespace (the demo: REST on
+    127.0.0.1 for the host's browser, the hub on an address the gateways reach)."""
 
     TOKEN = "pc-lab-admin-token-" + "x" * 24
 
-    def __init__(self, lab, path, dir_):
+    def __init__(self, lab, path, dir_, role="inet", rest=(CONTROLLER, REST_PORT), hub=(CONTROLLER, HUB_PORT),
+                 token=None):
         self.lab = lab
         self.dir = Path(dir_)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.db = self.dir / "controller.db"
-        cmd = lab.ns.cmd("inet", path, "--db", self.db, "--listen", "%s:%d" % (CONTROLLER, REST_PORT),
-                         "--hub-listen", "%s:%d" % (CONTROLLER, HUB_PORT))
+        self.role, self.rest, self.hub = role, rest, hub
+        self.token = token or self.TOKEN
+        argv = [path, "--db", self.db, "--listen", "%s:%d" % rest, "--hub-listen", "%s:%d" % hub]
+        cmd = lab.ns.cmd(role, *argv) if role else [str(a) for a in argv]
         super().__init__("portcullis-controller", cmd, self.dir / "controller.out",
-                         sanitizer_env(PORTCULLIS_ADMIN_TOKEN=self.TOKEN), lab.procs)
+                         sanitizer_env(PORTCULLIS_ADMIN_TOKEN=self.token), lab.procs)
         self.wait_output(r"node hub listening on")
         self.wait_output(r"listening on \S+ \(port \d+\)")
         self.ctx = ssl.create_default_context(cafile=str(self.db) + ".cert.pem")
@@ -524,27 +538,27 @@ class ControllerProc(Proc):
 
     @property
     def hub_url(self):
-        return "https://%s:%d" % (CONTROLLER, HUB_PORT)
+        return "https://%s:%d" % self.hub
 
     def request(self, method, path, body=None, headers=None, timeout=15):
         import http.client
-        ns, ctx = self.lab.ns["inet"], self.ctx
+        ns, ctx, rest = (self.lab.ns[self.role] if self.role else None), self.ctx, self.rest
 
         class Conn(http.client.HTTPSConnection):
             def connect(self):
-                with in_netns(ns):
+                with (in_netns(ns) if ns else contextlib.nullcontext()):
                     s = socket.socket()
                 s.settimeout(timeout)
-                s.connect((CONTROLLER, REST_PORT))
-                self.sock = ctx.wrap_socket(s, server_hostname=CONTROLLER)
+                s.connect(rest)
+                self.sock = ctx.wrap_socket(s, server_hostname=rest[0])
 
-        h = {"Authorization": "Bearer " + self.TOKEN}
+        h = {"Authorization": "Bearer " + self.token}
         h.update(headers or {})
         data = None
         if body is not None:
             data = json.dumps(body).encode()
             h["Content-Type"] = "application/json"
-        c = Conn(CONTROLLER, REST_PORT, context=ctx, timeout=timeout)
+        c = Conn(rest[0], rest[1], context=ctx, timeout=timeout)
         try:
             c.request(method, path, body=data, headers=h)
             r = c.getresponse()
@@ -688,11 +702,11 @@ class Lab:
     def start_controller(self, path, name="controller"):
         return ControllerProc(self, path, self.tmp / name)
 
-    def firewall_counters(self):
+    def firewall_counters(self, role="gw"):
         """{counter name: packets} of table inet portcullis in the gateway
         (named counters, and anonymous rule counters under their comment or
         'rule <handle>'); {} when the table is not loaded."""
-        r = self.ns.run("gw", "nft", "-j", "list", "table", "inet", "portcullis", check=False)
+        r = self.ns.run(role, "nft", "-j", "list", "table", "inet", "portcullis", check=False)
         if r.returncode != 0:
             return {}
         out = {}

@@ -636,6 +636,18 @@ class TestFailures(LinkTest):
         self.assertTrue(rows and rows[0][0].startswith("http-"), rows)
         self.assertEqual(self.c.hub_stats()["bad_messages"], 0)
 
+    def test_second_stop_signal_while_stopping(self):
+        n = self.new_node("gw-twice")
+        self.wait_enforced(n, self.c.revision())
+        # A terminal's Ctrl-C and then a service manager's SIGTERM: the
+        # second arrives while the node is stopping and must not kill it.
+        n.proc.send_signal(signal.SIGINT)
+        n.proc.send_signal(signal.SIGTERM)
+        rc = n.proc.wait(timeout=20)
+        n.proc = None
+        check_stderr("node", n.stderr())
+        self.assertEqual(rc, 0, n.stderr())
+
     def test_offline_node_shows_pending(self):
         n = self.new_node("gw-away")
         base = self.c.revision()
