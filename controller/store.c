@@ -4821,7 +4821,9 @@ int store_rollout_canary(store *s, int64_t revision, const cJSON *offices, const
     return rollout_finish(s, rc, actor, "rollout-canary", before, out);
 }
 
-int store_rollout_promote(store *s, const char *actor, cJSON **out)
+/* Ends the canary: promote makes its revision the released one, abort
+ * sends its offices back to the released revision. */
+static int rollout_end(store *s, bool promote, const char *actor, cJSON **out)
 {
     cJSON *before = NULL;
     clear_error(s);
@@ -4829,30 +4831,27 @@ int store_rollout_promote(store *s, const char *actor, cJSON **out)
     if (rc != STORE_OK)
         return rc;
     if (cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(before, "canary")))
-        rc = fail(s, STORE_ECONFLICT, NULL, "there is no canary to promote");
+        rc = fail(s, STORE_ECONFLICT, NULL, "there is no canary to %s",
+                  promote ? "promote" : "abort");
     if (rc == STORE_OK)
-        rc = run(s, "promoting the canary",
-                 "UPDATE rollout SET released = canary_revision, canary_revision = NULL, "
-                 "canary_offices = '[]', canary_regions = '[]', updated_at = ?1",
+        rc = run(s, promote ? "promoting the canary" : "ending the canary",
+                 promote ? "UPDATE rollout SET released = canary_revision, canary_revision = "
+                           "NULL, canary_offices = '[]', canary_regions = '[]', updated_at = ?1"
+                         : "UPDATE rollout SET canary_revision = NULL, canary_offices = '[]', "
+                           "canary_regions = '[]', updated_at = ?1",
                  "i", now_ms());
-    return rollout_finish(s, rc, actor, "rollout-promote", before, out);
+    return rollout_finish(s, rc, actor, promote ? "rollout-promote" : "rollout-abort", before,
+                          out);
+}
+
+int store_rollout_promote(store *s, const char *actor, cJSON **out)
+{
+    return rollout_end(s, true, actor, out);
 }
 
 int store_rollout_abort(store *s, const char *actor, cJSON **out)
 {
-    cJSON *before = NULL;
-    clear_error(s);
-    int rc = rollout_begin(s, actor, &before);
-    if (rc != STORE_OK)
-        return rc;
-    if (cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(before, "canary")))
-        rc = fail(s, STORE_ECONFLICT, NULL, "there is no canary to abort");
-    if (rc == STORE_OK)
-        rc = run(s, "ending the canary",
-                 "UPDATE rollout SET canary_revision = NULL, canary_offices = '[]', "
-                 "canary_regions = '[]', updated_at = ?1",
-                 "i", now_ms());
-    return rollout_finish(s, rc, actor, "rollout-abort", before, out);
+    return rollout_end(s, false, actor, out);
 }
 
 static int cmp_i64(const void *a, const void *b)
