@@ -24,6 +24,8 @@
  * then parsed by pc_policy_parse before it is handed out.
  */
 #include "compiler.h"
+
+#include "pc_buf.h"
 #include "pc_text.h"
 
 #include "pc_cidr.h"
@@ -142,57 +144,6 @@ static bool proto_ok(const char *p)
         if (strcmp(p, proto_names[i]) == 0)
             return true;
     return false;
-}
-
-/* A growable string for messages and step texts. */
-typedef struct sbuf {
-    char *s;
-    size_t len, cap;
-    bool oom;
-} sbuf;
-
-__attribute__((format(printf, 2, 3))) static void sb_printf(sbuf *b, const char *fmt, ...)
-{
-    if (b->oom)
-        return;
-    for (;;) {
-        size_t room = b->cap - b->len;
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(b->s ? b->s + b->len : NULL, room, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            b->oom = true;
-            return;
-        }
-        if ((size_t)n < room) {
-            b->len += (size_t)n;
-            return;
-        }
-        size_t cap = b->cap ? b->cap * 2 : 128;
-        while (cap - b->len <= (size_t)n)
-            cap *= 2;
-        char *s = realloc(b->s, cap);
-        if (!s) {
-            b->oom = true;
-            return;
-        }
-        b->s = s;
-        b->cap = cap;
-    }
-}
-
-/* The string built so far (the caller owns it), or NULL when memory ran
- * out; b is empty afterwards. */
-static char *sb_take(sbuf *b)
-{
-    char *s = b->oom ? NULL : b->s;
-    if (b->oom)
-        free(b->s);
-    if (s == NULL && !b->oom)
-        s = xstrdup("");
-    *b = (sbuf){0};
-    return s;
 }
 
 /* Strings in blocks that live as long as one compile. */
@@ -660,12 +611,12 @@ static int check_settings(ctx *c, const scope_ref *r)
             const char *name = s->use_lists[i];
             if (name && find_list(c->m, name))
                 continue;
-            sbuf names = {0};
+            pc_buf names = {0};
             for (size_t k = 0; k < c->m->nlists && k < 10; k++)
-                sb_printf(&names, "%s%s", k ? ", " : "", q(qb, sizeof(qb), c->m->lists[k].name));
+                pc_buf_printf(&names, "%s%s", k ? ", " : "", q(qb, sizeof(qb), c->m->lists[k].name));
             if (c->m->nlists > 10)
-                sb_printf(&names, ", ...");
-            char *all = sb_take(&names);
+                pc_buf_printf(&names, ", ...");
+            char *all = pc_buf_take(&names);
             fail(c->err, c->errlen, "%s: use_lists: no list named '%s' (lists: %s)", lb,
                  q(qb, sizeof(qb), name), all && *all ? all : "none");
             free(all);
@@ -1622,10 +1573,10 @@ step_add(xbuild *b, const xscope *sc, int64_t rule_id, const char *input, int or
     va_start(ap, fmt);
     vsnprintf(body, sizeof(body), fmt, ap);
     va_end(ap);
-    sbuf t = {0};
-    sb_printf(&t, "%s: %s", sc->label, body);
+    pc_buf t = {0};
+    pc_buf_printf(&t, "%s: %s", sc->label, body);
     if (!in_force && overridden_by)
-        sb_printf(&t, " (overridden by %s)", overridden_by);
+        pc_buf_printf(&t, " (overridden by %s)", overridden_by);
     xstep *x = &b->v[b->n];
     *x = (xstep){0};
     x->st.scope = sc->scope;
@@ -1636,7 +1587,7 @@ step_add(xbuild *b, const xscope *sc, int64_t rule_id, const char *input, int or
     x->st.rule_id = rule_id;
     x->st.input = input;
     x->st.in_force = in_force;
-    x->st.text = sb_take(&t);
+    x->st.text = pc_buf_take(&t);
     x->order = order;
     if (!x->st.scope_name || !x->st.text) {
         free(x->st.scope_name);
@@ -1659,7 +1610,7 @@ static int cmp_xstep(const void *a, const void *b)
     return 0;
 }
 
-static void ports_text(sbuf *b, const model_settings *s)
+static void ports_text(pc_buf *b, const model_settings *s)
 {
     size_t n = s ? s->nports : sizeof(builtin_ports) / sizeof(builtin_ports[0]);
     port_proto *pp = calloc(n ? n : 1, sizeof(*pp));
@@ -1671,11 +1622,11 @@ static void ports_text(sbuf *b, const model_settings *s)
         pp[i] = s ? (port_proto){s->ports[i], s->port_protos[i]}
                   : (port_proto){builtin_ports[i].port, builtin_ports[i].proto};
     qsort(pp, n, sizeof(*pp), cmp_port);
-    sb_printf(b, "ports ");
+    pc_buf_printf(b, "ports ");
     for (size_t i = 0; i < n; i++)
-        sb_printf(b, "%s%u %s", i ? ", " : "", (unsigned)pp[i].port, pp[i].proto);
+        pc_buf_printf(b, "%s%u %s", i ? ", " : "", (unsigned)pp[i].port, pp[i].proto);
     if (n == 0)
-        sb_printf(b, "(none)");
+        pc_buf_printf(b, "(none)");
     free(pp);
 }
 
@@ -1719,32 +1670,32 @@ static void settings_steps(xbuild *b, const xscope *sc, const xscope *builtin, u
             const xscope *at = i < 0 ? builtin : &sc[i];
             bool in_force = i == last;
             const char *over = last >= 0 ? sc[last].label : NULL;
-            sbuf t = {0};
+            pc_buf t = {0};
             if (what == S_PORTS) {
                 const char *proto = port_proto_in(s, port);
                 if (proto)
-                    sb_printf(&t, "serves port %u as %s (", (unsigned)port, proto);
+                    pc_buf_printf(&t, "serves port %u as %s (", (unsigned)port, proto);
                 else
-                    sb_printf(&t, "does not serve port %u (", (unsigned)port);
+                    pc_buf_printf(&t, "does not serve port %u (", (unsigned)port);
                 ports_text(&t, s);
-                sb_printf(&t, "%s)", s ? "" : "; no scope sets ports");
+                pc_buf_printf(&t, "%s)", s ? "" : "; no scope sets ports");
             } else if (what == S_LISTS) {
-                sb_printf(&t, "use_lists ");
+                pc_buf_printf(&t, "use_lists ");
                 if (s) {
                     for (size_t k = 0; k < s->nuse_lists; k++)
-                        sb_printf(&t, "%s%s", k ? ", " : "", s->use_lists[k]);
+                        pc_buf_printf(&t, "%s%s", k ? ", " : "", s->use_lists[k]);
                     if (s->nuse_lists == 0)
-                        sb_printf(&t, "(none)");
+                        pc_buf_printf(&t, "(none)");
                 } else {
-                    sb_printf(&t, "%s (no scope sets use_lists)",
+                    pc_buf_printf(&t, "%s (no scope sets use_lists)",
                               builtin->skype_list ? "skype" : "(none)");
                 }
             } else {
-                sb_printf(&t, "require_certificate %s%s",
+                pc_buf_printf(&t, "require_certificate %s%s",
                           (s ? s->require_certificate : true) ? "true" : "false",
                           s ? "" : " (no scope sets it)");
             }
-            char *txt = sb_take(&t);
+            char *txt = pc_buf_take(&t);
             if (!txt) {
                 b->oom = true;
                 return;
@@ -1996,7 +1947,7 @@ static char *list_category(const model *m, const char *name)
     return s;
 }
 
-static void reason_text(sbuf *r, const compiler_explanation *e, const char *match_what,
+static void reason_text(pc_buf *r, const compiler_explanation *e, const char *match_what,
                         const char *match_subject, const char *category)
 {
     const char *who = strcmp(e->group, "defaults") == 0 ? "the defaults" : NULL;
@@ -2007,7 +1958,7 @@ static void reason_text(sbuf *r, const compiler_explanation *e, const char *matc
     }
     switch (e->verdict) {
     case COMPILER_REFUSED:
-        sb_printf(r, "refused: office %s's proxy does not serve port %u", e->office,
+        pc_buf_printf(r, "refused: office %s's proxy does not serve port %u", e->office,
                   (unsigned)e->port);
         return;
     case COMPILER_BLOCK:
@@ -2015,45 +1966,45 @@ static void reason_text(sbuf *r, const compiler_explanation *e, const char *matc
             const char *field = strcmp(match_subject, "path") == 0 ? "blocked_url_suffixes"
                                 : strchr(e->rule, '/')             ? "blocked_prefixes"
                                                                    : "blocked_domains";
-            sb_printf(r, "blocked: %s %s matches %s in %s %s", match_subject, match_what, e->rule,
+            pc_buf_printf(r, "blocked: %s %s matches %s in %s %s", match_subject, match_what, e->rule,
                       strcmp(e->list, "group") == 0 ? "the group's own" : "the defaults'", field);
             if (e->skype_exception)
-                sb_printf(r, "; the Skype exception does not lift own rules");
+                pc_buf_printf(r, "; the Skype exception does not lift own rules");
         } else {
-            sb_printf(r, "blocked: %s %s matches %s in list %s", match_subject, match_what, e->rule,
+            pc_buf_printf(r, "blocked: %s %s matches %s in list %s", match_subject, match_what, e->rule,
                       e->list);
             if (category && strcmp(category, "skype") == 0)
-                sb_printf(r, " (category skype; %s has no Skype exception)", who);
+                pc_buf_printf(r, " (category skype; %s has no Skype exception)", who);
             else
-                sb_printf(r, " (category %s, which the Skype exception never lifts)",
+                pc_buf_printf(r, " (category %s, which the Skype exception never lifts)",
                           category ? category : "?");
         }
         return;
     case COMPILER_EXCEPTION:
-        sb_printf(r,
+        pc_buf_printf(r,
                   "allowed by the Skype exception of %s: %s %s matches %s in list %s, which the "
                   "exception lifts (the node records an exception event)",
                   who, match_subject, match_what, e->rule, e->list);
         break;
     case COMPILER_ALLOW:
         if (e->host && e->path)
-            sb_printf(r, "allowed: no rule of %s matches host %s or path %s", who, e->host,
+            pc_buf_printf(r, "allowed: no rule of %s matches host %s or path %s", who, e->host,
                       e->path);
         else if (e->host)
-            sb_printf(r, "allowed: no rule of %s matches host %s", who, e->host);
+            pc_buf_printf(r, "allowed: no rule of %s matches host %s", who, e->host);
         else
-            sb_printf(r, "allowed: port %u is served", (unsigned)e->port);
+            pc_buf_printf(r, "allowed: port %u is served", (unsigned)e->port);
         break;
     }
     if (e->certificate) {
         if (strcmp(e->certificate, "required") == 0)
-            sb_printf(r, "; on port %u the server must present a certificate that verifies",
+            pc_buf_printf(r, "; on port %u the server must present a certificate that verifies",
                       (unsigned)e->port);
         else if (strcmp(e->certificate, "exempt") == 0)
-            sb_printf(r, "; the Skype exception lifts the certificate requirement on port %u",
+            pc_buf_printf(r, "; the Skype exception lifts the certificate requirement on port %u",
                       (unsigned)e->port);
         else
-            sb_printf(r, "; certificates are not required");
+            pc_buf_printf(r, "; certificates are not required");
     }
 }
 
@@ -2214,11 +2165,11 @@ int compiler_explain_path(const model *m, int64_t office_id, const char *source_
     out->nsteps = b.n;
     b.n = 0;
 
-    sbuf r = {0};
+    pc_buf r = {0};
     char *category = list_category(m, out->list);
     reason_text(&r, out, what ? what : "", subject ? subject : "", category);
     free(category);
-    out->reason = sb_take(&r);
+    out->reason = pc_buf_take(&r);
     if (!out->reason)
         goto oom;
     rc = 0;
@@ -2314,36 +2265,36 @@ done:
 /* --- diff ----------------------------------------------------------------- */
 
 /* A JSONPath string literal body: quotes and backslashes escaped. */
-static void path_lit(sbuf *b, const char *s)
+static void path_lit(pc_buf *b, const char *s)
 {
     for (; *s; s++) {
         if (*s == '\'' || *s == '\\')
-            sb_printf(b, "\\%c", *s);
+            pc_buf_printf(b, "\\%c", *s);
         else
-            sb_printf(b, "%c", *s);
+            pc_buf_printf(b, "%c", *s);
     }
 }
 
 static char *path_key(const char *base, const char *key)
 {
-    sbuf b = {0};
+    pc_buf b = {0};
     if (pc_text_is_ident(key)) {
-        sb_printf(&b, "%s.%s", base, key);
+        pc_buf_printf(&b, "%s.%s", base, key);
     } else {
-        sb_printf(&b, "%s['", base);
+        pc_buf_printf(&b, "%s['", base);
         path_lit(&b, key);
-        sb_printf(&b, "']");
+        pc_buf_printf(&b, "']");
     }
-    return sb_take(&b);
+    return pc_buf_take(&b);
 }
 
 static char *path_named(const char *base, const char *name)
 {
-    sbuf b = {0};
-    sb_printf(&b, "%s[?(@.name=='", base);
+    pc_buf b = {0};
+    pc_buf_printf(&b, "%s[?(@.name=='", base);
     path_lit(&b, name);
-    sb_printf(&b, "')]");
-    return sb_take(&b);
+    pc_buf_printf(&b, "')]");
+    return pc_buf_take(&b);
 }
 
 static bool diff_entry(cJSON *out, const char *path, const char *op, const char *k1,

@@ -7,6 +7,8 @@
  */
 #include "firewall.h"
 
+#include "pc_buf.h"
+
 #include <errno.h>
 #include <netinet/in.h>
 #include <nftables/libnftables.h>
@@ -30,48 +32,6 @@ static const char *const fw_counter_names[] = {
 #define FW_NCOUNTERS (sizeof(fw_counter_names) / sizeof(fw_counter_names[0]))
 
 /* --- text ----------------------------------------------------------------- */
-
-typedef struct sbuf {
-    char *p;
-    size_t len, cap;
-    bool oom;
-} sbuf;
-
-__attribute__((format(printf, 2, 3))) static void sb_printf(sbuf *b, const char *fmt, ...)
-{
-    if (b->oom)
-        return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            b->oom = true;
-            return;
-        }
-        if (b->p && (size_t)n < b->cap - b->len) {
-            b->len += (size_t)n;
-            return;
-        }
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap - b->len <= (size_t)n)
-            cap *= 2;
-        char *np = realloc(b->p, cap);
-        if (!np) {
-            b->oom = true;
-            return;
-        }
-        b->p = np;
-        b->cap = cap;
-    }
-}
-
-static void sb_free(sbuf *b)
-{
-    free(b->p);
-    *b = (sbuf){0};
-}
 
 /* --- prefixes and port ranges --------------------------------------------- */
 
@@ -390,7 +350,7 @@ static const char *proto_name(uint8_t proto)
 }
 
 /* set NAME of addresses of family from v (normalized copy). */
-static int emit_addr_set(sbuf *b, const char *name, int family, const pc_cidr *v, size_t n)
+static int emit_addr_set(pc_buf *b, const char *name, int family, const pc_cidr *v, size_t n)
 {
     pc_cidr *w = malloc((n ? n : 1) * sizeof(*w));
     if (!w)
@@ -400,25 +360,25 @@ static int emit_addr_set(sbuf *b, const char *name, int family, const pc_cidr *v
         if (v[i].family == family)
             w[m++] = v[i];
     m = cidr_normalize(w, m);
-    sb_printf(b, "\tset %s {\n\t\ttype %s; flags interval\n", name,
+    pc_buf_printf(b, "\tset %s {\n\t\ttype %s; flags interval\n", name,
               family == AF_INET ? "ipv4_addr" : "ipv6_addr");
     if (m) {
-        sb_printf(b, "\t\telements = {");
+        pc_buf_printf(b, "\t\telements = {");
         for (size_t i = 0; i < m; i++) {
             char txt[64];
             pc_cidr_format(&w[i], txt, sizeof(txt));
-            sb_printf(b, "%s %s", i ? "," : "", txt);
+            pc_buf_printf(b, "%s %s", i ? "," : "", txt);
         }
-        sb_printf(b, " }\n");
+        pc_buf_printf(b, " }\n");
     }
-    sb_printf(b, "\t}\n");
+    pc_buf_printf(b, "\t}\n");
     free(w);
     return 0;
 }
 
-static void emit_allow_set(sbuf *b, const char *name, int family, const elems *e)
+static void emit_allow_set(pc_buf *b, const char *name, int family, const elems *e)
 {
-    sb_printf(b, "\tset %s {\n\t\ttype %s . inet_proto . inet_service; flags interval\n", name,
+    pc_buf_printf(b, "\tset %s {\n\t\ttype %s . inet_proto . inet_service; flags interval\n", name,
               family == AF_INET ? "ipv4_addr" : "ipv6_addr");
     size_t shown = 0;
     for (size_t i = 0; i < e->n; i++) {
@@ -427,57 +387,57 @@ static void emit_allow_set(sbuf *b, const char *name, int family, const elems *e
             continue;
         char txt[64];
         pc_cidr_format(&x->net, txt, sizeof(txt));
-        sb_printf(b, "%s\t\t\t%s . %s . %u", shown ? ",\n" : "\t\telements = {\n", txt,
+        pc_buf_printf(b, "%s\t\t\t%s . %s . %u", shown ? ",\n" : "\t\telements = {\n", txt,
                   proto_name(x->proto), x->ports.lo);
         if (x->ports.hi != x->ports.lo)
-            sb_printf(b, "-%u", x->ports.hi);
+            pc_buf_printf(b, "-%u", x->ports.hi);
         shown++;
     }
     if (shown)
-        sb_printf(b, "\n\t\t}\n");
-    sb_printf(b, "\t}\n");
+        pc_buf_printf(b, "\n\t\t}\n");
+    pc_buf_printf(b, "\t}\n");
 }
 
 /* "# allow[3] mail: tcp 25 from 192.0.2.25/32" (at most 4 of each). */
-static void emit_allow_comment(sbuf *b, size_t idx, const pc_fw_allow *a)
+static void emit_allow_comment(pc_buf *b, size_t idx, const pc_fw_allow *a)
 {
-    sb_printf(b, "\t# allow[%zu]%s%s: %s", idx, a->name[0] ? " " : "", a->name,
+    pc_buf_printf(b, "\t# allow[%zu]%s%s: %s", idx, a->name[0] ? " " : "", a->name,
               proto_name(a->proto));
     for (size_t i = 0; i < a->nports && i < 4; i++) {
-        sb_printf(b, "%s%u", i ? ", " : " ", a->ports[i].lo);
+        pc_buf_printf(b, "%s%u", i ? ", " : " ", a->ports[i].lo);
         if (a->ports[i].hi != a->ports[i].lo)
-            sb_printf(b, "-%u", a->ports[i].hi);
+            pc_buf_printf(b, "-%u", a->ports[i].hi);
     }
     if (a->nports > 4)
-        sb_printf(b, ", ... (%zu port entries)", a->nports);
-    sb_printf(b, " from");
+        pc_buf_printf(b, ", ... (%zu port entries)", a->nports);
+    pc_buf_printf(b, " from");
     for (size_t i = 0; i < a->ndevices && i < 4; i++) {
         char txt[64];
         pc_cidr_format(&a->devices[i], txt, sizeof(txt));
-        sb_printf(b, "%s%s", i ? ", " : " ", txt);
+        pc_buf_printf(b, "%s%s", i ? ", " : " ", txt);
     }
     if (a->ndevices > 4)
-        sb_printf(b, ", ... (%zu devices)", a->ndevices);
-    sb_printf(b, "\n");
+        pc_buf_printf(b, ", ... (%zu devices)", a->ndevices);
+    pc_buf_printf(b, "\n");
 }
 
 /* A drop rule: match (may be "") counted by counter, logged first when
  * logging is on. A limit in the dropping rule itself would let packets
  * over the rate fall through to later rules, so the log is its own rule. */
-static void emit_drop(sbuf *b, bool log, const char *match, const char *counter)
+static void emit_drop(pc_buf *b, bool log, const char *match, const char *counter)
 {
     const char *sep = match[0] ? " " : "";
     if (log)
-        sb_printf(b, "\t\t%s%slimit name %s log prefix \"portcullis drop %s: \"\n", match, sep,
+        pc_buf_printf(b, "\t\t%s%slimit name %s log prefix \"portcullis drop %s: \"\n", match, sep,
                   FW_LOG_LIMIT, counter);
-    sb_printf(b, "\t\t%s%scounter name %s drop\n", match, sep, counter);
+    pc_buf_printf(b, "\t\t%s%scounter name %s drop\n", match, sep, counter);
 }
 
 int fw_generate(const pc_policy *p, const fw_local *local, char **out, char *err, size_t errlen)
 {
     pc_policy *builtin = NULL;
     elems allow = {0};
-    sbuf b = {0};
+    pc_buf b = {0};
     int rc = -1;
     char tmp[8];
     if (!err || errlen == 0) {
@@ -546,23 +506,23 @@ int fw_generate(const pc_policy *p, const fw_local *local, char **out, char *err
         goto done;
     bool log = fw->log_per_minute > 0;
 
-    sb_printf(&b,
+    pc_buf_printf(&b,
               "# portcullis-node firewall (docs/firewall.md): policy version %llu, %s\n"
               "# This text is loaded as one transaction: the old table goes with the new one "
               "in.\n",
               (unsigned long long)pc_policy_version(ports_of),
               where[0] == '$' ? "its firewall part" : "the built-in firewall");
-    sb_printf(&b, "table inet %s\ndelete table inet %s\ntable inet %s {\n", FW_TABLE, FW_TABLE,
+    pc_buf_printf(&b, "table inet %s\ndelete table inet %s\ntable inet %s {\n", FW_TABLE, FW_TABLE,
               FW_TABLE);
     for (size_t i = 0; i < FW_NCOUNTERS; i++)
-        sb_printf(&b, "\tcounter %s { packets 0 bytes 0 }\n", fw_counter_names[i]);
+        pc_buf_printf(&b, "\tcounter %s { packets 0 bytes 0 }\n", fw_counter_names[i]);
     if (log)
-        sb_printf(&b, "\tlimit %s { rate %u/minute }\n", FW_LOG_LIMIT, fw->log_per_minute);
+        pc_buf_printf(&b, "\tlimit %s { rate %u/minute }\n", FW_LOG_LIMIT, fw->log_per_minute);
 
-    sb_printf(&b, "\tset lan_ifaces {\n\t\ttype ifname\n\t\telements = {");
+    pc_buf_printf(&b, "\tset lan_ifaces {\n\t\ttype ifname\n\t\telements = {");
     for (size_t i = 0; i < local->nifaces; i++)
-        sb_printf(&b, "%s \"%s\"", i ? "," : "", local->lan_ifaces[i]);
-    sb_printf(&b, " }\n\t}\n");
+        pc_buf_printf(&b, "%s \"%s\"", i ? "," : "", local->lan_ifaces[i]);
+    pc_buf_printf(&b, " }\n\t}\n");
     if (emit_addr_set(&b, "lan4", AF_INET, fw->lan, fw->nlan) != 0 ||
         emit_addr_set(&b, "lan6", AF_INET6, fw->lan, fw->nlan) != 0 ||
         emit_addr_set(&b, "dns4", AF_INET, fw->dns, fw->ndns) != 0 ||
@@ -583,10 +543,10 @@ int fw_generate(const pc_policy *p, const fw_local *local, char **out, char *err
             pc_policy_ports(ports_of, allports, nports);
         }
     }
-    sb_printf(&b, "\tset web_ports {\n\t\ttype inet_service\n");
+    pc_buf_printf(&b, "\tset web_ports {\n\t\ttype inet_service\n");
     for (size_t i = 0; i < nports; i++)
-        sb_printf(&b, "%s%u", i ? ", " : "\t\telements = { ", allports[i]);
-    sb_printf(&b, "%s\t}\n", nports ? " }\n" : "");
+        pc_buf_printf(&b, "%s%u", i ? ", " : "\t\telements = { ", allports[i]);
+    pc_buf_printf(&b, "%s\t}\n", nports ? " }\n" : "");
     if (allports != ports)
         free(allports);
 
@@ -595,7 +555,7 @@ int fw_generate(const pc_policy *p, const fw_local *local, char **out, char *err
     emit_allow_set(&b, "allow4", AF_INET, &allow);
     emit_allow_set(&b, "allow6", AF_INET6, &allow);
 
-    sb_printf(&b, "\tchain forward {\n"
+    pc_buf_printf(&b, "\tchain forward {\n"
                   "\t\ttype filter hook forward priority filter; policy drop;\n"
                   "\t\tct state established,related accept\n");
     emit_drop(&b, log, "iifname != @lan_ifaces", "drop_inbound");
@@ -603,17 +563,17 @@ int fw_generate(const pc_policy *p, const fw_local *local, char **out, char *err
         emit_drop(&b, log, "ip saddr != @lan4", "drop_spoofed");
         emit_drop(&b, log, "ip6 saddr != @lan6", "drop_spoofed");
     }
-    sb_printf(&b, "\t\tip saddr . meta l4proto . th dport @allow4 accept\n"
+    pc_buf_printf(&b, "\t\tip saddr . meta l4proto . th dport @allow4 accept\n"
                   "\t\tip6 saddr . meta l4proto . th dport @allow6 accept\n");
     if (fw->dns_any) {
-        sb_printf(&b, "\t\tmeta l4proto { tcp, udp } th dport 53 accept\n");
+        pc_buf_printf(&b, "\t\tmeta l4proto { tcp, udp } th dport 53 accept\n");
     } else {
-        sb_printf(&b, "\t\tmeta l4proto { tcp, udp } th dport 53 ip daddr @dns4 accept\n"
+        pc_buf_printf(&b, "\t\tmeta l4proto { tcp, udp } th dport 53 ip daddr @dns4 accept\n"
                       "\t\tmeta l4proto { tcp, udp } th dport 53 ip6 daddr @dns6 accept\n");
         emit_drop(&b, log, "meta l4proto { tcp, udp } th dport 53", "drop_dns");
     }
     if (!transparent)
-        sb_printf(&b, "\t\tip saddr @web4 tcp dport @web_ports accept\n"
+        pc_buf_printf(&b, "\t\tip saddr @web4 tcp dport @web_ports accept\n"
                       "\t\tip6 saddr @web6 tcp dport @web_ports accept\n");
     if (fw->high_ports_block) {
         char match[96];
@@ -622,16 +582,16 @@ int fw_generate(const pc_policy *p, const fw_local *local, char **out, char *err
         emit_drop(&b, log, match, "drop_high_ports");
     }
     emit_drop(&b, log, "", "drop_default");
-    sb_printf(&b, "\t}\n");
+    pc_buf_printf(&b, "\t}\n");
 
     if (transparent)
-        sb_printf(&b,
+        pc_buf_printf(&b,
                   "\tchain prerouting {\n"
                   "\t\ttype nat hook prerouting priority dstnat; policy accept;\n"
                   "\t\tiifname @lan_ifaces tcp dport @web_ports redirect to :%u\n"
                   "\t}\n",
                   local->proxy_port);
-    sb_printf(&b, "}\n");
+    pc_buf_printf(&b, "}\n");
     if (b.oom) {
         snprintf(err, errlen, "firewall: out of memory");
         goto done;
@@ -640,7 +600,7 @@ int fw_generate(const pc_policy *p, const fw_local *local, char **out, char *err
     b.p = NULL;
     rc = 0;
 done:
-    sb_free(&b);
+    pc_buf_free(&b);
     free(allow.v);
     pc_policy_unref(builtin);
     return rc;
@@ -853,7 +813,7 @@ static int read_counters(counter_val vals[FW_NCOUNTERS], char *err, size_t errle
 
 int fw_apply(const char *ruleset, char *err, size_t errlen)
 {
-    sbuf b = {0};
+    pc_buf b = {0};
     int rc = -1;
     counter_val vals[FW_NCOUNTERS];
     if (!ruleset) {
@@ -881,18 +841,18 @@ int fw_apply(const char *ruleset, char *err, size_t errlen)
         }
         if (!hit)
             break;
-        sb_printf(&b, "%.*scounter %s { packets %.0f bytes %.0f }", (int)(hit - s), s,
+        pc_buf_printf(&b, "%.*scounter %s { packets %.0f bytes %.0f }", (int)(hit - s), s,
                   fw_counter_names[which], vals[which].packets, vals[which].bytes);
         s = hit + hitlen;
     }
-    sb_printf(&b, "%s", s);
+    pc_buf_printf(&b, "%s", s);
     if (b.oom) {
         snprintf(err, errlen, "firewall: out of memory");
         goto done;
     }
     rc = nft_exec(b.p, 0, false, NULL, err, errlen);
 done:
-    sb_free(&b);
+    pc_buf_free(&b);
     return rc;
 }
 
@@ -1011,7 +971,7 @@ static void __attribute__((noreturn)) compare_child(int fd, const char *ruleset)
 int fw_compare(const char *ruleset, bool *same, char *err, size_t errlen)
 {
     char *loaded = NULL;
-    sbuf got = {0};
+    pc_buf got = {0};
     int rc = -1, fds[2] = {-1, -1};
     pid_t pid = -1;
     *same = false;
@@ -1046,7 +1006,7 @@ int fw_compare(const char *ruleset, bool *same, char *err, size_t errlen)
             continue;
         if (n <= 0)
             break;
-        sb_printf(&got, "%.*s", (int)n, buf);
+        pc_buf_printf(&got, "%.*s", (int)n, buf);
     }
     int status = 0;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
@@ -1067,7 +1027,7 @@ done:
         close(fds[0]);
     if (fds[1] >= 0)
         close(fds[1]);
-    sb_free(&got);
+    pc_buf_free(&got);
     free(loaded);
     return rc;
 }

@@ -2,6 +2,7 @@
  * of one frame, and builders that leave room for the websocket header. */
 #include "pc_wire.h"
 
+#include "pc_buf.h"
 #include "pc_text.h"
 
 #include <openssl/evp.h>
@@ -339,64 +340,18 @@ void pcw_frame_free(pcw_frame *f)
     f->len = 0;
 }
 
-/* A growable frame: the payload starts at PCW_PRE. */
-typedef struct fbuf {
-    char *mem;
-    size_t len, cap; /* len counts from mem, PCW_PRE included */
-    bool oom;
-} fbuf;
-
-static void fb_put(fbuf *b, const char *s, size_t n)
-{
-    if (b->oom)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 512;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *m = realloc(b->mem, cap);
-        if (!m) {
-            b->oom = true;
-            return;
-        }
-        b->mem = m;
-        b->cap = cap;
-    }
-    memcpy(b->mem + b->len, s, n);
-    b->len += n;
-    b->mem[b->len] = '\0';
-}
-
-static void fb_str(fbuf *b, const char *s)
-{
-    fb_put(b, s, strlen(s));
-}
-
-__attribute__((format(printf, 2, 3))) static void fb_fmt(fbuf *b, const char *fmt, ...)
-{
-    char tmp[256];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof(tmp))
-        b->oom = true;
-    else
-        fb_put(b, tmp, (size_t)n);
-}
-
 /* A JSON string (or null), escaped by cJSON so every byte a peer chose
  * comes out as valid JSON. */
-static void fb_json_str(fbuf *b, const char *s)
+static void fb_json_str(pc_buf *b, const char *s)
 {
     if (!s) {
-        fb_str(b, "null");
+        pc_buf_str(b, "null");
         return;
     }
     cJSON *v = cJSON_CreateString(s);
     char *t = v ? cJSON_PrintUnformatted(v) : NULL;
     if (t)
-        fb_str(b, t);
+        pc_buf_str(b, t);
     else
         b->oom = true;
     free(t);
@@ -406,10 +361,10 @@ static void fb_json_str(fbuf *b, const char *s)
 /* Free text (an error, a reason) as the parser on the other side accepts
  * it: at most max bytes, control characters as spaces, and if what is left
  * is not UTF-8, every non-ASCII byte as '?'. NULL stays null. */
-static void fb_text(fbuf *b, const char *s, size_t max)
+static void fb_text(pc_buf *b, const char *s, size_t max)
 {
     if (!s) {
-        fb_str(b, "null");
+        pc_buf_str(b, "null");
         return;
     }
     size_t n = strlen(s);
@@ -436,23 +391,23 @@ static void fb_text(fbuf *b, const char *s, size_t max)
     free(t);
 }
 
-static void fb_begin(fbuf *b, pcw_type t)
+static void fb_begin(pc_buf *b, pcw_type t)
 {
     static const char zero[PCW_PRE];
-    fb_put(b, zero, PCW_PRE);
-    fb_fmt(b, "{\"type\":\"%s\",\"v\":%d", type_names[t], PCW_VERSION);
+    pc_buf_put(b, zero, PCW_PRE);
+    pc_buf_printf(b, "{\"type\":\"%s\",\"v\":%d", type_names[t], PCW_VERSION);
 }
 
-static int fb_end(fbuf *b, pcw_frame *f)
+static int fb_end(pc_buf *b, pcw_frame *f)
 {
-    fb_str(b, "}");
+    pc_buf_str(b, "}");
     if (b->oom) {
-        free(b->mem);
+        pc_buf_free(b);
         f->mem = NULL;
         f->len = 0;
         return -1;
     }
-    f->mem = b->mem;
+    f->mem = b->p;
     f->len = b->len - PCW_PRE;
     return 0;
 }
@@ -462,25 +417,25 @@ int pcw_build_hello(pcw_frame *f, const char *node, const char *software, bool h
                     int64_t pending, int64_t dropped, bool has_reverted, int64_t reverted_version,
                     const char *reverted_reason)
 {
-    fbuf b = {0};
+    pc_buf b = {0};
     fb_begin(&b, PCW_HELLO);
-    fb_str(&b, ",\"node\":");
+    pc_buf_str(&b, ",\"node\":");
     fb_json_str(&b, node);
-    fb_str(&b, ",\"software\":");
+    pc_buf_str(&b, ",\"software\":");
     fb_json_str(&b, software);
     if (has_policy) {
-        fb_fmt(&b, ",\"policy\":{\"version\":%lld,\"sha256\":", (long long)policy_version);
+        pc_buf_printf(&b, ",\"policy\":{\"version\":%lld,\"sha256\":", (long long)policy_version);
         fb_json_str(&b, policy_sha256);
-        fb_str(&b, "}");
+        pc_buf_str(&b, "}");
     } else {
-        fb_str(&b, ",\"policy\":null");
+        pc_buf_str(&b, ",\"policy\":null");
     }
-    fb_fmt(&b, ",\"spool\":{\"last_seq\":%lld,\"pending\":%lld,\"dropped\":%lld}",
+    pc_buf_printf(&b, ",\"spool\":{\"last_seq\":%lld,\"pending\":%lld,\"dropped\":%lld}",
            (long long)last_seq, (long long)pending, (long long)dropped);
     if (has_reverted) {
-        fb_fmt(&b, ",\"reverted\":{\"version\":%lld,\"reason\":", (long long)reverted_version);
+        pc_buf_printf(&b, ",\"reverted\":{\"version\":%lld,\"reason\":", (long long)reverted_version);
         fb_text(&b, reverted_reason && *reverted_reason ? reverted_reason : "reverted", 1024);
-        fb_str(&b, "}");
+        pc_buf_str(&b, "}");
     }
     return fb_end(&b, f);
 }
@@ -488,11 +443,11 @@ int pcw_build_hello(pcw_frame *f, const char *node, const char *software, bool h
 int pcw_build_ack(pcw_frame *f, int64_t version, const char *sha256, bool applied,
                   const char *error)
 {
-    fbuf b = {0};
+    pc_buf b = {0};
     fb_begin(&b, PCW_ACK);
-    fb_fmt(&b, ",\"version\":%lld,\"sha256\":", (long long)version);
+    pc_buf_printf(&b, ",\"version\":%lld,\"sha256\":", (long long)version);
     fb_json_str(&b, sha256);
-    fb_fmt(&b, ",\"status\":\"%s\",\"error\":", applied ? "applied" : "failed");
+    pc_buf_printf(&b, ",\"status\":\"%s\",\"error\":", applied ? "applied" : "failed");
     fb_text(&b, applied ? NULL : (error && *error ? error : "failed"), 4096);
     return fb_end(&b, f);
 }
@@ -500,9 +455,9 @@ int pcw_build_ack(pcw_frame *f, int64_t version, const char *sha256, bool applie
 int pcw_build_events(pcw_frame *f, const char *const *events_json, const size_t *lens,
                      const int64_t *seqs, size_t n, int64_t dropped)
 {
-    fbuf b = {0};
+    pc_buf b = {0};
     fb_begin(&b, PCW_EVENTS);
-    fb_str(&b, ",\"events\":[");
+    pc_buf_str(&b, ",\"events\":[");
     for (size_t i = 0; i < n; i++) {
         const char *e = events_json[i];
         size_t len = lens[i];
@@ -513,30 +468,30 @@ int pcw_build_events(pcw_frame *f, const char *const *events_json, const size_t 
         k = k < len ? k + 1 : len;
         while (k < len && (e[k] == ' ' || e[k] == '\n'))
             k++;
-        fb_fmt(&b, "%s{\"seq\":%lld", i ? "," : "", (long long)seqs[i]);
+        pc_buf_printf(&b, "%s{\"seq\":%lld", i ? "," : "", (long long)seqs[i]);
         if (k < len && e[k] != '}')
-            fb_str(&b, ",");
-        fb_put(&b, e + k, len - k);
+            pc_buf_str(&b, ",");
+        pc_buf_put(&b, e + k, len - k);
         /* An event line may end in a newline: drop it, keep the '}'. */
-        while (b.len > PCW_PRE && !b.oom && (b.mem[b.len - 1] == '\n' || b.mem[b.len - 1] == ' '))
+        while (b.len > PCW_PRE && !b.oom && (b.p[b.len - 1] == '\n' || b.p[b.len - 1] == ' '))
             b.len--;
     }
-    fb_fmt(&b, "],\"dropped\":%lld", (long long)dropped);
+    pc_buf_printf(&b, "],\"dropped\":%lld", (long long)dropped);
     return fb_end(&b, f);
 }
 
 int pcw_build_stats(pcw_frame *f, int64_t time_ms, const cJSON *counters)
 {
-    fbuf b = {0};
+    pc_buf b = {0};
     fb_begin(&b, PCW_STATS);
-    fb_fmt(&b, ",\"time\":%lld,\"counters\":", (long long)time_ms);
+    pc_buf_printf(&b, ",\"time\":%lld,\"counters\":", (long long)time_ms);
     char *t = counters ? cJSON_PrintUnformatted(counters) : NULL;
     if (t)
-        fb_str(&b, t);
+        pc_buf_str(&b, t);
     else if (counters)
         b.oom = true;
     else
-        fb_str(&b, "{}");
+        pc_buf_str(&b, "{}");
     free(t);
     return fb_end(&b, f);
 }
@@ -544,11 +499,11 @@ int pcw_build_stats(pcw_frame *f, int64_t time_ms, const cJSON *counters)
 int pcw_build_policy(pcw_frame *f, int64_t version, const char *sha256, const char *document,
                      size_t document_len)
 {
-    fbuf b = {0};
+    pc_buf b = {0};
     fb_begin(&b, PCW_POLICY);
-    fb_fmt(&b, ",\"version\":%lld,\"sha256\":", (long long)version);
+    pc_buf_printf(&b, ",\"version\":%lld,\"sha256\":", (long long)version);
     fb_json_str(&b, sha256);
-    fb_str(&b, ",\"document\":");
+    pc_buf_str(&b, ",\"document\":");
     char *copy = malloc(document_len + 1);
     if (copy) {
         memcpy(copy, document, document_len);
@@ -563,27 +518,27 @@ int pcw_build_policy(pcw_frame *f, int64_t version, const char *sha256, const ch
 
 int pcw_build_events_ack(pcw_frame *f, int64_t seq, int64_t credit)
 {
-    fbuf b = {0};
+    pc_buf b = {0};
     fb_begin(&b, PCW_EVENTS_ACK);
-    fb_fmt(&b, ",\"seq\":%lld,\"credit\":%lld", (long long)seq, (long long)credit);
+    pc_buf_printf(&b, ",\"seq\":%lld,\"credit\":%lld", (long long)seq, (long long)credit);
     return fb_end(&b, f);
 }
 
 int pcw_build_ping(pcw_frame *f, int64_t time_ms)
 {
-    fbuf b = {0};
+    pc_buf b = {0};
     fb_begin(&b, PCW_PING);
-    fb_fmt(&b, ",\"time\":%lld", (long long)time_ms);
+    pc_buf_printf(&b, ",\"time\":%lld", (long long)time_ms);
     return fb_end(&b, f);
 }
 
 int pcw_build_error(pcw_frame *f, const char *code, const char *message)
 {
-    fbuf b = {0};
+    pc_buf b = {0};
     fb_begin(&b, PCW_ERROR);
-    fb_str(&b, ",\"code\":");
+    pc_buf_str(&b, ",\"code\":");
     fb_json_str(&b, code);
-    fb_str(&b, ",\"message\":");
+    pc_buf_str(&b, ",\"message\":");
     /* The message may quote a peer's bytes. */
     fb_text(&b, message ? message : "", 1024);
     return fb_end(&b, f);
