@@ -9,7 +9,7 @@ build=(build-essential cmake pkg-config libuv1-dev libssl-dev libwebsockets-dev 
 # Real clients and peers the system tests drive.
 test=(curl wget openssl python3 python3-jsonschema ca-certificates iproute2 nftables procps util-linux)
 # Side-by-side benchmarks (tests/bench/).
-bench=(wrk haproxy squid jq)
+bench=(wrk haproxy squid jq iperf3)
 # Optional, large: real media peers for tests/system/test_transparent.py (ffprobe as RTSP client,
 # ffmpeg as MMS client, GStreamer's RTSP server). Without them those sub-cases skip or fall back.
 media=(ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good)
