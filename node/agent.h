@@ -31,7 +31,7 @@ typedef enum {
 /* What the agent asks of the daemon around it. Called on the loop's thread. */
 typedef struct agent_hooks {
     void *arg;
-    /* Makes p the enforced policy (proxy swap; later the firewall). Returns
+    /* Makes p the enforced policy (the firewall first, then the proxy swap). Returns
      * 0, or -1 with err (the agent then acks "failed" and keeps the old). */
     int (*apply)(void *arg, pc_policy *p, char *err, size_t errlen);
     /* Fills counters (an empty object) for a stats message. */
