@@ -27,8 +27,8 @@ struct stream_hub {
     pthread_cond_t cond;
     pthread_t ticker;
     bool stop, started;
-    uint64_t gen;     /* bumped by every wake */
-    stream *waiting;  /* suspended streams */
+    uint64_t gen;    /* bumped by every wake */
+    stream *waiting; /* suspended streams */
     atomic_uint open;
 };
 
@@ -192,8 +192,8 @@ static bool fill(stream *s)
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(e, "id");
         char *txt = cJSON_PrintUnformatted(e);
         char head[64];
-        int n = snprintf(head, sizeof(head), "id: %lld\nevent: event\ndata: ",
-                         (long long)id->valuedouble);
+        int n = snprintf(head, sizeof(head),
+                         "id: %lld\nevent: event\ndata: ", (long long)id->valuedouble);
         /* cJSON escapes control characters: the data is one line. */
         ok = txt && put(s, head, (size_t)n) && put(s, txt, strlen(txt)) && put(s, "\n\n", 2);
         free(txt);
@@ -287,8 +287,8 @@ struct MHD_Response *stream_response(stream_hub *h, struct MHD_Connection *c,
     s->q.node = s->node;
     /* A first comment tells the client the stream is open. */
     put(s, ": portcullis events\n\n", 21);
-    struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, reader,
-                                                                s, release);
+    struct MHD_Response *r =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, reader, s, release);
     if (!r) {
         free(s->group);
         free(s->type);

@@ -23,8 +23,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -368,7 +368,7 @@ static int emit_addr_set(pc_buf *b, const char *name, int family, const pc_cidr 
             w[m++] = v[i];
     m = cidr_normalize(w, m);
     pc_buf_printf(b, "\tset %s {\n\t\ttype %s; flags interval\n", name,
-              family == AF_INET ? "ipv4_addr" : "ipv6_addr");
+                  family == AF_INET ? "ipv4_addr" : "ipv6_addr");
     if (m) {
         pc_buf_printf(b, "\t\telements = {");
         for (size_t i = 0; i < m; i++) {
@@ -386,7 +386,7 @@ static int emit_addr_set(pc_buf *b, const char *name, int family, const pc_cidr 
 static void emit_allow_set(pc_buf *b, const char *name, int family, const elems *e)
 {
     pc_buf_printf(b, "\tset %s {\n\t\ttype %s . inet_proto . inet_service; flags interval\n", name,
-              family == AF_INET ? "ipv4_addr" : "ipv6_addr");
+                  family == AF_INET ? "ipv4_addr" : "ipv6_addr");
     size_t shown = 0;
     for (size_t i = 0; i < e->n; i++) {
         const fw_elem *x = &e->v[i];
@@ -395,7 +395,7 @@ static void emit_allow_set(pc_buf *b, const char *name, int family, const elems 
         char txt[64];
         pc_cidr_format(&x->net, txt, sizeof(txt));
         pc_buf_printf(b, "%s\t\t\t%s . %s . %u", shown ? ",\n" : "\t\telements = {\n", txt,
-                  proto_name(x->proto), x->ports.lo);
+                      proto_name(x->proto), x->ports.lo);
         if (x->ports.hi != x->ports.lo)
             pc_buf_printf(b, "-%u", x->ports.hi);
         shown++;
@@ -409,7 +409,7 @@ static void emit_allow_set(pc_buf *b, const char *name, int family, const elems 
 static void emit_allow_comment(pc_buf *b, size_t idx, const pc_fw_allow *a)
 {
     pc_buf_printf(b, "\t# allow[%zu]%s%s: %s", idx, a->name[0] ? " " : "", a->name,
-              proto_name(a->proto));
+                  proto_name(a->proto));
     for (size_t i = 0; i < a->nports && i < 4; i++) {
         pc_buf_printf(b, "%s%u", i ? ", " : " ", a->ports[i].lo);
         if (a->ports[i].hi != a->ports[i].lo)
@@ -436,7 +436,7 @@ static void emit_drop(pc_buf *b, bool log, const char *match, const char *counte
     const char *sep = match[0] ? " " : "";
     if (log)
         pc_buf_printf(b, "\t\t%s%slimit name %s log prefix \"portcullis drop %s: \"\n", match, sep,
-                  FW_LOG_LIMIT, counter);
+                      FW_LOG_LIMIT, counter);
     pc_buf_printf(b, "\t\t%s%scounter name %s drop\n", match, sep, counter);
 }
 
@@ -514,13 +514,13 @@ int fw_generate(const pc_policy *p, const fw_local *local, char **out, char *err
     bool log = fw->log_per_minute > 0;
 
     pc_buf_printf(&b,
-              "# portcullis-node firewall (docs/firewall.md): policy version %llu, %s\n"
-              "# This text is loaded as one transaction: the old table goes with the new one "
-              "in.\n",
-              (unsigned long long)pc_policy_version(ports_of),
-              where[0] == '$' ? "its firewall part" : "the built-in firewall");
+                  "# portcullis-node firewall (docs/firewall.md): policy version %llu, %s\n"
+                  "# This text is loaded as one transaction: the old table goes with the new one "
+                  "in.\n",
+                  (unsigned long long)pc_policy_version(ports_of),
+                  where[0] == '$' ? "its firewall part" : "the built-in firewall");
     pc_buf_printf(&b, "table inet %s\ndelete table inet %s\ntable inet %s {\n", FW_TABLE, FW_TABLE,
-              FW_TABLE);
+                  FW_TABLE);
     for (size_t i = 0; i < FW_NCOUNTERS; i++)
         pc_buf_printf(&b, "\tcounter %s { packets 0 bytes 0 }\n", fw_counter_names[i]);
     if (log)
@@ -563,25 +563,25 @@ int fw_generate(const pc_policy *p, const fw_local *local, char **out, char *err
     emit_allow_set(&b, "allow6", AF_INET6, &allow);
 
     pc_buf_printf(&b, "\tchain forward {\n"
-                  "\t\ttype filter hook forward priority filter; policy drop;\n"
-                  "\t\tct state established,related accept\n");
+                      "\t\ttype filter hook forward priority filter; policy drop;\n"
+                      "\t\tct state established,related accept\n");
     emit_drop(&b, log, "iifname != @lan_ifaces", "drop_inbound");
     if (fw->nlan) {
         emit_drop(&b, log, "ip saddr != @lan4", "drop_spoofed");
         emit_drop(&b, log, "ip6 saddr != @lan6", "drop_spoofed");
     }
     pc_buf_printf(&b, "\t\tip saddr . meta l4proto . th dport @allow4 accept\n"
-                  "\t\tip6 saddr . meta l4proto . th dport @allow6 accept\n");
+                      "\t\tip6 saddr . meta l4proto . th dport @allow6 accept\n");
     if (fw->dns_any) {
         pc_buf_printf(&b, "\t\tmeta l4proto { tcp, udp } th dport 53 accept\n");
     } else {
         pc_buf_printf(&b, "\t\tmeta l4proto { tcp, udp } th dport 53 ip daddr @dns4 accept\n"
-                      "\t\tmeta l4proto { tcp, udp } th dport 53 ip6 daddr @dns6 accept\n");
+                          "\t\tmeta l4proto { tcp, udp } th dport 53 ip6 daddr @dns6 accept\n");
         emit_drop(&b, log, "meta l4proto { tcp, udp } th dport 53", "drop_dns");
     }
     if (!transparent)
         pc_buf_printf(&b, "\t\tip saddr @web4 tcp dport @web_ports accept\n"
-                      "\t\tip6 saddr @web6 tcp dport @web_ports accept\n");
+                          "\t\tip6 saddr @web6 tcp dport @web_ports accept\n");
     if (fw->high_ports_block) {
         char match[96];
         snprintf(match, sizeof(match), "meta l4proto { tcp, udp } th dport >= %u",
@@ -593,11 +593,11 @@ int fw_generate(const pc_policy *p, const fw_local *local, char **out, char *err
 
     if (transparent)
         pc_buf_printf(&b,
-                  "\tchain prerouting {\n"
-                  "\t\ttype nat hook prerouting priority dstnat; policy accept;\n"
-                  "\t\tiifname @lan_ifaces tcp dport @web_ports redirect to :%u\n"
-                  "\t}\n",
-                  local->proxy_port);
+                      "\tchain prerouting {\n"
+                      "\t\ttype nat hook prerouting priority dstnat; policy accept;\n"
+                      "\t\tiifname @lan_ifaces tcp dport @web_ports redirect to :%u\n"
+                      "\t}\n",
+                      local->proxy_port);
     pc_buf_printf(&b, "}\n");
     if (b.oom) {
         snprintf(err, errlen, "firewall: out of memory");
@@ -864,8 +864,7 @@ static int read_counters(counter_val vals[FW_NCOUNTERS], char *err, size_t errle
     len += NLA_ALIGN(at->nla_len);
     req.h.nlmsg_len = (uint32_t)len;
     if (send(fd, req.b, len, 0) != (ssize_t)len) {
-        snprintf(err, errlen, "reading the firewall's counters: netlink send: %s",
-                 strerror(errno));
+        snprintf(err, errlen, "reading the firewall's counters: netlink send: %s", strerror(errno));
         goto done;
     }
     for (;;) {
@@ -934,7 +933,7 @@ int fw_apply(const char *ruleset, char *err, size_t errlen)
         if (!hit)
             break;
         pc_buf_printf(&b, "%.*scounter %s { packets %.0f bytes %.0f }", (int)(hit - s), s,
-                  fw_counter_names[which], vals[which].packets, vals[which].bytes);
+                      fw_counter_names[which], vals[which].packets, vals[which].bytes);
         s = hit + hitlen;
     }
     pc_buf_printf(&b, "%s", s);

@@ -12,9 +12,9 @@
 #include <string.h>
 
 static const char *const type_names[] = {
-    [PCW_HELLO] = "hello",   [PCW_ACK] = "ack",   [PCW_EVENTS] = "events",
-    [PCW_STATS] = "stats",   [PCW_POLICY] = "policy", [PCW_EVENTS_ACK] = "events_ack",
-    [PCW_PING] = "ping",     [PCW_ERROR] = "error",
+    [PCW_HELLO] = "hello", [PCW_ACK] = "ack",       [PCW_EVENTS] = "events",
+    [PCW_STATS] = "stats", [PCW_POLICY] = "policy", [PCW_EVENTS_ACK] = "events_ack",
+    [PCW_PING] = "ping",   [PCW_ERROR] = "error",
 };
 #define NTYPES (sizeof(type_names) / sizeof(type_names[0]))
 
@@ -120,7 +120,8 @@ static int parse_hello(pctx *c, const cJSON *r, pcw_msg *m)
         if (!ident_char(*p))
             return bad(c, "$.node: only letters, digits, '_', '.' and '-'");
     if (want_str(c, r, "software", "$", 1, 64, false, &m->u.hello.software) != 0 ||
-        want_obj(c, r, "policy", "$", true, &pol) != 0 || want_obj(c, r, "spool", "$", false, &sp) != 0)
+        want_obj(c, r, "policy", "$", true, &pol) != 0 ||
+        want_obj(c, r, "spool", "$", false, &sp) != 0)
         return -1;
     if (pol) {
         m->u.hello.has_policy = true;
@@ -137,8 +138,8 @@ static int parse_hello(pctx *c, const cJSON *r, pcw_msg *m)
             return bad(c, "$.reverted: must be an object or null");
         m->u.hello.has_reverted = true;
         if (want_int(c, rev, "version", "$.reverted", 0, &m->u.hello.reverted_version) != 0 ||
-            want_str(c, rev, "reason", "$.reverted", 1, 1024, false,
-                     &m->u.hello.reverted_reason) != 0)
+            want_str(c, rev, "reason", "$.reverted", 1, 1024, false, &m->u.hello.reverted_reason) !=
+                0)
             return -1;
     }
     return 0;
@@ -431,9 +432,10 @@ int pcw_build_hello(pcw_frame *f, const char *node, const char *software, bool h
         pc_buf_str(&b, ",\"policy\":null");
     }
     pc_buf_printf(&b, ",\"spool\":{\"last_seq\":%lld,\"pending\":%lld,\"dropped\":%lld}",
-           (long long)last_seq, (long long)pending, (long long)dropped);
+                  (long long)last_seq, (long long)pending, (long long)dropped);
     if (has_reverted) {
-        pc_buf_printf(&b, ",\"reverted\":{\"version\":%lld,\"reason\":", (long long)reverted_version);
+        pc_buf_printf(&b,
+                      ",\"reverted\":{\"version\":%lld,\"reason\":", (long long)reverted_version);
         fb_text(&b, reverted_reason && *reverted_reason ? reverted_reason : "reverted", 1024);
         pc_buf_str(&b, "}");
     }
