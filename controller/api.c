@@ -21,6 +21,7 @@
 #include <inttypes.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <openssl/crypto.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -47,6 +48,23 @@ extern const size_t api_openapi_json_len;
  * handle, since a store handle is used by one thread at a time. */
 #define API_THREADS 2
 
+/* Sign-in (docs/controller.md, "Sign-in and sessions"): the session cookie,
+ * and failed attempts allowed per user name and per client address in a
+ * window, kept in a table of this many entries (the oldest is forgotten
+ * when it is full). */
+#define API_COOKIE "pc_session"
+#define API_SIGNIN_WINDOW_MS (5 * 60 * 1000)
+#define API_SIGNIN_PER_NAME 5
+#define API_SIGNIN_PER_ADDR 20
+#define API_SIGNIN_SLOTS 4096
+
+/* Failed sign-ins of one user name or client address since first_ms. */
+typedef struct signin_slot {
+    char key[72]; /* "n:<name>" or "a:<address>"; "" = free */
+    int64_t first_ms;
+    unsigned failures;
+} signin_slot;
+
 struct api {
     store *st; /* the opening thread's: first start, before api_start */
     char *db_path;
@@ -56,10 +74,12 @@ struct api {
     pthread_mutex_t lock; /* guards stores */
     store *stores[API_THREADS + 2];
     size_t nstores;
-    stream_hub *streams; /* the live tail of events */
-    hub *hub;       /* the node hub, or NULL (api_set_hub) */
-    ca *ca;         /* the CA whose fingerprint enrollment tokens carry */
-    char *hub_name; /* the host name nodes reach the hub by */
+    stream_hub *streams;         /* the live tail of events */
+    hub *hub;                    /* the node hub, or NULL (api_set_hub) */
+    ca *ca;                      /* the CA whose fingerprint enrollment tokens carry */
+    char *hub_name;              /* the host name nodes reach the hub by */
+    pthread_mutex_t signin_lock; /* guards signins */
+    signin_slot signins[API_SIGNIN_SLOTS];
 };
 
 /* The serving thread's own store handle, opened on its first request. */
@@ -81,8 +101,11 @@ typedef struct req {
     bool too_large;
     bool responded; /* a response was queued before the body was read */
     const route *rt;
-    store_principal who; /* the token's user and role; zero without auth */
-    const char *idseg;   /* the {id} segment of the URL, NUL-terminated copy */
+    store_principal who;  /* the token's user and role; zero without auth */
+    store_session sess;   /* the session, when the cookie authenticated (sess.id != 0) */
+    char set_cookie[160]; /* a Set-Cookie header for the response, or "" */
+    char retry_after[24]; /* a Retry-After header for the response, or "" */
+    const char *idseg;    /* the {id} segment of the URL, NUL-terminated copy */
     char idbuf[64];
 } req;
 
@@ -116,6 +139,10 @@ static enum MHD_Result send_text(req *r, unsigned status, char *text, const char
         MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, location);
     if (allow)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+    if (r->set_cookie[0])
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_SET_COOKIE, r->set_cookie);
+    if (r->retry_after[0])
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, r->retry_after);
     if (status == MHD_HTTP_UNAUTHORIZED)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
                                 "Bearer realm=\"portcullis\"");
@@ -402,6 +429,8 @@ static enum MHD_Result send_no_content(req *r)
     struct MHD_Response *resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
     if (!resp)
         return MHD_NO;
+    if (r->set_cookie[0])
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_SET_COOKIE, r->set_cookie);
     enum MHD_Result ret = MHD_queue_response(r->c, MHD_HTTP_NO_CONTENT, resp);
     MHD_destroy_response(resp);
     return ret;
@@ -1004,8 +1033,8 @@ static store *stream_store(void *arg);
  * EventSource sends) or "after", else the events stored from now on. */
 static enum MHD_Result h_events_stream(req *r)
 {
-    static const char *const params[] = {"office", "region", "group", "type", "node", "after",
-                                         NULL};
+    static const char *const params[] = {"office", "region", "group", "type",
+                                         "node",   "after",  NULL};
     enum MHD_Result sent = MHD_NO;
     store_event_query q = {0};
     int64_t after = -1;
@@ -1686,6 +1715,318 @@ static enum MHD_Result h_hub(req *r)
     return send_json(r, MHD_HTTP_OK, o, NULL, NULL);
 }
 
+/* --- handlers: sign-in and sessions ------------------------------------------ */
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Whether the Origin header, when the client sent one, names this server as
+ * the browser reached it: https://<Host>. */
+static bool same_origin(req *r)
+{
+    const char *origin = header(r, MHD_HTTP_HEADER_ORIGIN);
+    const char *host = header(r, MHD_HTTP_HEADER_HOST);
+    if (!origin)
+        return true;
+    return host && *host && strncmp(origin, "https://", 8) == 0 &&
+           strcasecmp(origin + 8, host) == 0;
+}
+
+/* The CSRF check of a change made with the session cookie (which a browser
+ * sends by itself): the session's csrf_token in X-CSRF-Token, and the
+ * Origin, when present, this server. On failure a 403 is queued in *sent. */
+static bool csrf_ok(req *r, enum MHD_Result *sent)
+{
+    const char *t = header(r, "X-CSRF-Token");
+    size_t n = strlen(r->sess.csrf);
+    if (!t || n == 0 || strlen(t) != n || CRYPTO_memcmp(t, r->sess.csrf, n) != 0) {
+        *sent = send_error(r, MHD_HTTP_FORBIDDEN, "csrf", NULL,
+                           "a change made with the session cookie needs the header X-CSRF-Token "
+                           "with the session's csrf_token (GET /api/v1/session)");
+        return false;
+    }
+    if (!same_origin(r)) {
+        *sent = send_error(r, MHD_HTTP_FORBIDDEN, "csrf", NULL,
+                           "cross-origin request refused: Origin '%.128s' is not this server",
+                           header(r, MHD_HTTP_HEADER_ORIGIN));
+        return false;
+    }
+    return true;
+}
+
+/* Looks up the session cookie: STORE_OK with r->sess and r->who set,
+ * STORE_ENOTFOUND without a cookie (*present false) or for an unknown or
+ * expired one, or another store failure. */
+static int cookie_session(req *r, bool *present)
+{
+    const char *c = MHD_lookup_connection_value(r->c, MHD_COOKIE_KIND, API_COOKIE);
+    memset(&r->sess, 0, sizeof(r->sess));
+    *present = c && *c;
+    if (!*present)
+        return STORE_ENOTFOUND;
+    int rc = store_session_lookup(r->st, c, wall_ms(), &r->sess);
+    if (rc != STORE_OK) {
+        memset(&r->sess, 0, sizeof(r->sess));
+        return rc;
+    }
+    memset(&r->who, 0, sizeof(r->who));
+    r->who.user_id = r->sess.user_id;
+    snprintf(r->who.user, sizeof(r->who.user), "%s", r->sess.user);
+    r->who.role = r->sess.role;
+    return STORE_OK;
+}
+
+static void cookie_clear(req *r)
+{
+    snprintf(r->set_cookie, sizeof(r->set_cookie),
+             "%s=; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=0", API_COOKIE);
+}
+
+/* The client's address as text ("" when unknown). */
+static void client_address(req *r, char *out, size_t len)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+    out[0] = '\0';
+    if (sa && sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, out,
+                  (socklen_t)len);
+    else if (sa && sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out,
+                  (socklen_t)len);
+}
+
+/* The slot of key, or NULL; with take, a new one (a free or stale slot, or
+ * the oldest). Called with signin_lock held. */
+static signin_slot *signin_find(api *a, const char *key, int64_t now, bool take)
+{
+    signin_slot *spare = NULL, *oldest = NULL;
+    for (size_t i = 0; i < API_SIGNIN_SLOTS; i++) {
+        signin_slot *sl = &a->signins[i];
+        if (sl->key[0] && strcmp(sl->key, key) == 0)
+            return sl;
+        if (!spare && (!sl->key[0] || now - sl->first_ms >= API_SIGNIN_WINDOW_MS))
+            spare = sl;
+        if (!oldest || sl->first_ms < oldest->first_ms)
+            oldest = sl;
+    }
+    signin_slot *victim = !take ? NULL : spare ? spare : oldest;
+    if (victim) {
+        snprintf(victim->key, sizeof(victim->key), "%s", key);
+        victim->first_ms = now;
+        victim->failures = 0;
+    }
+    return victim;
+}
+
+/* Seconds until key may try again, 0 when it may now. */
+static unsigned signin_wait(api *a, const char *key, unsigned limit, int64_t now)
+{
+    unsigned wait = 0;
+    pthread_mutex_lock(&a->signin_lock);
+    signin_slot *sl = signin_find(a, key, now, false);
+    if (sl && now - sl->first_ms < API_SIGNIN_WINDOW_MS && sl->failures >= limit)
+        wait = (unsigned)((sl->first_ms + API_SIGNIN_WINDOW_MS - now + 999) / 1000);
+    pthread_mutex_unlock(&a->signin_lock);
+    return wait;
+}
+
+/* Counts a failure of key (reset: forgets key's failures). */
+static void signin_count(api *a, const char *key, int64_t now, bool reset)
+{
+    pthread_mutex_lock(&a->signin_lock);
+    signin_slot *sl = signin_find(a, key, now, !reset);
+    if (sl && reset) {
+        sl->key[0] = '\0';
+    } else if (sl) {
+        if (now - sl->first_ms >= API_SIGNIN_WINDOW_MS) {
+            sl->first_ms = now;
+            sl->failures = 0;
+        }
+        sl->failures++;
+    }
+    pthread_mutex_unlock(&a->signin_lock);
+}
+
+/* A 429 when the name (and, with addr, the client's address) has failed too
+ * often; false with *sent queued. */
+static bool signin_allowed(req *r, const char *name_key, const char *addr_key, int64_t now,
+                           enum MHD_Result *sent)
+{
+    unsigned w = signin_wait(r->a, name_key, API_SIGNIN_PER_NAME, now);
+    unsigned wa = addr_key ? signin_wait(r->a, addr_key, API_SIGNIN_PER_ADDR, now) : 0;
+    if (wa > w)
+        w = wa;
+    if (!w)
+        return true;
+    snprintf(r->retry_after, sizeof(r->retry_after), "%u", w);
+    *sent = send_error(r, MHD_HTTP_TOO_MANY_REQUESTS, "rate_limited", NULL,
+                       "too many failed sign-in attempts; try again in %u seconds", w);
+    return false;
+}
+
+/* {"user", "role", "csrf_token", "expires_at"} of r->sess. */
+static enum MHD_Result send_session(req *r, unsigned status, const char *location)
+{
+    char when[40];
+    time_t t = (time_t)(r->sess.expires_at / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    size_t n = strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(when + n, sizeof(when) - n, ".%03dZ", (int)(r->sess.expires_at % 1000));
+    cJSON *o = cJSON_CreateObject();
+    if (!o || !cJSON_AddStringToObject(o, "user", r->sess.user) ||
+        !cJSON_AddStringToObject(o, "role", store_role_name(r->sess.role)) ||
+        !cJSON_AddStringToObject(o, "csrf_token", r->sess.csrf) ||
+        !cJSON_AddStringToObject(o, "expires_at", when)) {
+        cJSON_Delete(o);
+        return MHD_NO;
+    }
+    return send_json(r, status, o, NULL, location);
+}
+
+static enum MHD_Result h_session_create(req *r)
+{
+    static const char *const allowed[] = {"name", "password", NULL};
+    enum MHD_Result sent = MHD_NO;
+    const char *name = NULL, *password = NULL;
+    char addr[INET6_ADDRSTRLEN] = "", name_key[72], addr_key[72];
+    char *token = NULL;
+    if (!same_origin(r))
+        return send_error(r, MHD_HTTP_FORBIDDEN, "csrf", NULL,
+                          "cross-origin sign-in refused: Origin '%.128s' is not this server",
+                          header(r, MHD_HTTP_HEADER_ORIGIN));
+    cJSON *b = body_object(r, &sent);
+    if (!b)
+        return sent;
+    if (!fields_known(r, b, allowed, &sent) ||
+        !string_field(r, b, "name", true, 1, 64, &name, &sent) ||
+        !string_field(r, b, "password", true, 1, STORE_PASSWORD_MAX, &password, &sent)) {
+        cJSON_Delete(b);
+        return sent;
+    }
+    int64_t now = wall_ms();
+    client_address(r, addr, sizeof(addr));
+    snprintf(name_key, sizeof(name_key), "n:%s", name);
+    snprintf(addr_key, sizeof(addr_key), "a:%s", addr);
+    if (!signin_allowed(r, name_key, addr_key, now, &sent)) {
+        cJSON_Delete(b);
+        return sent;
+    }
+    int rc = store_session_signin(r->st, name, password, now, &token, &r->sess);
+    cJSON_Delete(b); /* the password is in it */
+    if (rc == STORE_ENOTFOUND) {
+        signin_count(r->a, name_key, now, false);
+        signin_count(r->a, addr_key, now, false);
+        return send_error(r, MHD_HTTP_UNAUTHORIZED, "unauthorized", NULL,
+                          "wrong user name or password");
+    }
+    if (rc != STORE_OK)
+        return send_store_error(r, rc);
+    signin_count(r->a, name_key, now, true);
+    snprintf(r->set_cookie, sizeof(r->set_cookie),
+             "%s=%s; Path=/; HttpOnly; Secure; SameSite=Strict", API_COOKIE, token);
+    explicit_bzero(token, strlen(token));
+    free(token);
+    enum MHD_Result ret = send_session(r, MHD_HTTP_CREATED, "/api/v1/session");
+    explicit_bzero(r->set_cookie, sizeof(r->set_cookie));
+    return ret;
+}
+
+static enum MHD_Result h_session_get(req *r)
+{
+    bool present;
+    int rc = cookie_session(r, &present);
+    if (rc == STORE_ENOTFOUND) {
+        if (present)
+            cookie_clear(r);
+        return send_error(r, MHD_HTTP_UNAUTHORIZED, "unauthorized", NULL,
+                          present ? "the session has ended; sign in again" : "not signed in");
+    }
+    if (rc != STORE_OK)
+        return send_store_error(r, rc);
+    return send_session(r, MHD_HTTP_OK, NULL);
+}
+
+static enum MHD_Result h_session_delete(req *r)
+{
+    enum MHD_Result sent = MHD_NO;
+    bool present;
+    int rc = cookie_session(r, &present);
+    if (rc == STORE_ENOTFOUND) {
+        cookie_clear(r);
+        return send_no_content(r);
+    }
+    if (rc != STORE_OK)
+        return send_store_error(r, rc);
+    if (!csrf_ok(r, &sent))
+        return sent;
+    rc = store_session_delete(r->st, r->sess.id, r->sess.user);
+    if (rc != STORE_OK && rc != STORE_ENOTFOUND)
+        return send_store_error(r, rc);
+    cookie_clear(r);
+    return send_no_content(r);
+}
+
+static enum MHD_Result h_user_password(req *r)
+{
+    static const char *const allowed[] = {"password", "current", NULL};
+    enum MHD_Result sent = MHD_NO;
+    const char *password = NULL, *current = NULL;
+    char name_key[72];
+    int64_t id;
+    int rc;
+    if (!parse_id(r->idseg, &id))
+        return send_error(r, MHD_HTTP_NOT_FOUND, "not_found", NULL, "no user '%s'", r->idseg);
+    cJSON *b = body_object(r, &sent);
+    if (!b)
+        return sent;
+    if (!fields_known(r, b, allowed, &sent) ||
+        !string_field(r, b, "password", true, STORE_PASSWORD_MIN, STORE_PASSWORD_MAX, &password,
+                      &sent) ||
+        !string_field(r, b, "current", false, 1, STORE_PASSWORD_MAX, &current, &sent))
+        goto done;
+    if (r->who.role != STORE_ROLE_ADMIN) {
+        /* Anyone else sets only their own, and proves they know it: a
+         * stolen session alone cannot lock its owner out. */
+        int64_t now = wall_ms();
+        if (r->who.user_id != id) {
+            sent = send_error(r, MHD_HTTP_FORBIDDEN, "forbidden", NULL,
+                              "a %s may set only their own password", store_role_name(r->who.role));
+            goto done;
+        }
+        if (!current) {
+            sent = send_error(r, MHD_HTTP_UNPROCESSABLE_CONTENT, "missing_field", "current",
+                              "field 'current' (your current password) is required");
+            goto done;
+        }
+        snprintf(name_key, sizeof(name_key), "n:%s", r->who.user);
+        if (!signin_allowed(r, name_key, NULL, now, &sent))
+            goto done;
+        rc = store_user_check_password(r->st, id, current);
+        if (rc == STORE_ENOTFOUND) {
+            signin_count(r->a, name_key, now, false);
+            sent = send_error(r, MHD_HTTP_FORBIDDEN, "forbidden", "current",
+                              "the current password is wrong");
+            goto done;
+        }
+        if (rc != STORE_OK) {
+            sent = send_store_error(r, rc);
+            goto done;
+        }
+    }
+    rc = store_user_set_password(r->st, id, password, r->sess.id, r->who.user);
+    sent = rc == STORE_OK ? send_no_content(r) : send_store_error(r, rc);
+done:
+    cJSON_Delete(b);
+    return sent;
+}
+
 /* POST routes whose body may be left out (an empty object is fine too). */
 static bool body_optional(const route *rt)
 {
@@ -1762,6 +2103,10 @@ static const route routes[] = {
     {"/api/v1/users", "POST", A, h_users_create, -1},
     {"/api/v1/users/{id}", "GET", A, h_user_get, -1},
     {"/api/v1/users/{id}", "DELETE", A, h_user_delete, -1},
+    {"/api/v1/users/{id}/password", "PUT", V, h_user_password, -1},
+    {"/api/v1/session", "POST", STORE_ROLE_NONE, h_session_create, -1},
+    {"/api/v1/session", "GET", STORE_ROLE_NONE, h_session_get, -1},
+    {"/api/v1/session", "DELETE", STORE_ROLE_NONE, h_session_delete, -1},
     {"/api/v1/tokens", "GET", A, h_tokens_list, -1},
     {"/api/v1/tokens", "POST", A, h_tokens_create, -1},
     {"/api/v1/tokens/{id}", "GET", A, h_token_get, -1},
@@ -1805,10 +2150,37 @@ static bool path_match(const char *pattern, const char *url, req *r)
     return *p == '\0' && *u == '\0';
 }
 
+/* A bearer token, or else the session cookie; a change made with the
+ * cookie must pass the CSRF check (bearer tokens are not sent by a browser
+ * on its own, so they need none). */
 static enum MHD_Result authenticate(req *r, const route *rt)
 {
     const char *h = header(r, MHD_HTTP_HEADER_AUTHORIZATION);
-    if (!h || strncasecmp(h, "Bearer ", 7) != 0 || !h[7])
+    if (!h) {
+        enum MHD_Result sent = MHD_NO;
+        bool present;
+        int rc = cookie_session(r, &present);
+        if (rc == STORE_OK && strcmp(r->method, "GET") != 0 && !csrf_ok(r, &sent)) {
+            memset(&r->who, 0, sizeof(r->who));
+            return sent;
+        }
+        if (rc == STORE_OK && r->who.role < rt->min_role)
+            return send_error(r, MHD_HTTP_FORBIDDEN, "forbidden", NULL,
+                              "a %s may not %s %s (needs %s)", store_role_name(r->who.role),
+                              rt->method, rt->path, store_role_name(rt->min_role));
+        if (rc == STORE_OK)
+            return MHD_YES;
+        memset(&r->who, 0, sizeof(r->who));
+        if (rc != STORE_ENOTFOUND)
+            return send_store_error(r, rc);
+        if (present)
+            cookie_clear(r);
+        return send_error(r, MHD_HTTP_UNAUTHORIZED, "unauthorized", NULL,
+                          present ? "the session has ended; sign in again"
+                                  : "send 'Authorization: Bearer <token>' or sign in "
+                                    "(POST /api/v1/session)");
+    }
+    if (strncasecmp(h, "Bearer ", 7) != 0 || !h[7])
         return send_error(r, MHD_HTTP_UNAUTHORIZED, "unauthorized", NULL,
                           "send 'Authorization: Bearer <token>'");
     const char *tok = h + 7;
@@ -2078,6 +2450,7 @@ int api_open(const char *db_path, api **out, char *err, size_t errlen)
         return -1;
     }
     pthread_mutex_init(&a->lock, NULL);
+    pthread_mutex_init(&a->signin_lock, NULL);
     *out = a;
     return 0;
 }
@@ -2174,6 +2547,7 @@ void api_free(api *a)
         store_close(a->stores[i]);
     store_close(a->st);
     pthread_mutex_destroy(&a->lock);
+    pthread_mutex_destroy(&a->signin_lock);
     free(a->hub_name);
     free(a->db_path);
     free(a);

@@ -1478,11 +1478,22 @@ static int check_list(store *s, int64_t id, const cJSON *in, cJSON **norm)
 static int check_node(store *s, int64_t id, const cJSON *in, cJSON **norm)
 {
     static const char *const keys[] = {"name", "office_id", NULL};
-    static const char *const ro[] = {
-        "id",          "etag",           "enrollment",     "last_seen", "enforced_version",
-        "pending_version", "last_error", "connected",      "software",  "enrolled_at",
-        "cert_fingerprint", "events_seq", "events_dropped", "stats",    "stats_at",
-        NULL};
+    static const char *const ro[] = {"id",
+                                     "etag",
+                                     "enrollment",
+                                     "last_seen",
+                                     "enforced_version",
+                                     "pending_version",
+                                     "last_error",
+                                     "connected",
+                                     "software",
+                                     "enrolled_at",
+                                     "cert_fingerprint",
+                                     "events_seq",
+                                     "events_dropped",
+                                     "stats",
+                                     "stats_at",
+                                     NULL};
     const char *name = NULL;
     int64_t office = 0;
     int rc = check_keys(s, in, keys, ro);
@@ -3566,6 +3577,391 @@ int store_token_list(store *s, cJSON **out)
     return rc;
 }
 
+/* --- passwords and sign-in sessions ----------------------------------------- */
+
+#define SCRYPT_LOG_N 15
+#define SCRYPT_R 8
+#define SCRYPT_P 1
+#define SCRYPT_SALT 16
+#define SCRYPT_KEY 32
+/* scrypt needs 128 * r * N bytes (32 MiB here) and a little more; OpenSSL's
+ * default ceiling is 32 MiB, so it is raised. */
+#define SCRYPT_MAXMEM (64ULL * 1024 * 1024)
+#define SESSION_SEEN_GRANULARITY_MS 60000
+#define SIGNIN_FAILED "wrong user name or password"
+
+/* Compared against when a user has no password or does not exist, so that
+ * every refusal costs one scrypt: the time does not tell which it was. */
+static const char dummy_hash[] = "scrypt$32768$8$1$00000000000000000000000000000000$"
+                                 "0000000000000000000000000000000000000000000000000000000000000000";
+
+static void hex_encode(const unsigned char *in, size_t n, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = hex[in[i] >> 4];
+        out[2 * i + 1] = hex[in[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+/* Decodes exactly len hex digits (lower case) of in into out; false when
+ * in is not that. */
+static bool hex_decode(const char *in, size_t len, unsigned char *out)
+{
+    if (len % 2)
+        return false;
+    for (size_t i = 0; i < len; i += 2) {
+        int hi = hex_digit(in[i]), lo = hex_digit(in[i + 1]);
+        if (hi < 0 || lo < 0)
+            return false;
+        out[i / 2] = (unsigned char)(hi << 4 | lo);
+    }
+    return true;
+}
+
+/* A random secret of 32 bytes as 64 hex digits. */
+static bool random_hex32(char out[65])
+{
+    unsigned char raw[32];
+    if (RAND_bytes(raw, sizeof(raw)) != 1)
+        return false;
+    hex_encode(raw, sizeof(raw), out);
+    explicit_bzero(raw, sizeof(raw));
+    return true;
+}
+
+int store_password_hash(const char *password, char **out)
+{
+    unsigned char salt[SCRYPT_SALT], key[SCRYPT_KEY];
+    char salt_hex[2 * SCRYPT_SALT + 1], key_hex[2 * SCRYPT_KEY + 1];
+    int rc = -1;
+    *out = NULL;
+    if (!password || RAND_bytes(salt, sizeof(salt)) != 1 ||
+        EVP_PBE_scrypt(password, strlen(password), salt, sizeof(salt), 1ULL << SCRYPT_LOG_N,
+                       SCRYPT_R, SCRYPT_P, SCRYPT_MAXMEM, key, sizeof(key)) != 1)
+        goto done;
+    hex_encode(salt, sizeof(salt), salt_hex);
+    hex_encode(key, sizeof(key), key_hex);
+    size_t n = sizeof("scrypt$$$$$") + 32 + sizeof(salt_hex) + sizeof(key_hex);
+    char *p = malloc(n);
+    if (!p)
+        goto done;
+    snprintf(p, n, "scrypt$%llu$%d$%d$%s$%s", 1ULL << SCRYPT_LOG_N, SCRYPT_R, SCRYPT_P, salt_hex,
+             key_hex);
+    *out = p;
+    rc = 0;
+done:
+    explicit_bzero(key, sizeof(key));
+    explicit_bzero(key_hex, sizeof(key_hex));
+    return rc;
+}
+
+/* A decimal number of at most 9 digits ending at '$'; moves *p past it. */
+static bool hash_num(const char **p, unsigned long *out)
+{
+    unsigned long v = 0;
+    const char *q = *p;
+    while (*q >= '0' && *q <= '9' && q - *p < 9)
+        v = v * 10 + (unsigned long)(*q++ - '0');
+    if (q == *p || *q != '$')
+        return false;
+    *p = q + 1;
+    *out = v;
+    return true;
+}
+
+bool store_password_verify(const char *password, const char *encoded)
+{
+    unsigned char salt[64], want[64], got[64];
+    unsigned long n, r, par;
+    bool ok = false;
+    if (!password || !encoded || strncmp(encoded, "scrypt$", 7) != 0)
+        return false;
+    const char *p = encoded + 7;
+    if (!hash_num(&p, &n) || !hash_num(&p, &r) || !hash_num(&p, &par))
+        return false;
+    /* Bounds keep a stored hash from asking for unbounded work or memory. */
+    if (n < 2 || n > (1UL << 20) || (n & (n - 1)) || r < 1 || r > 32 || par < 1 || par > 16)
+        return false;
+    const char *dollar = strchr(p, '$');
+    if (!dollar)
+        return false;
+    size_t salt_len = (size_t)(dollar - p), key_len = strlen(dollar + 1);
+    if (salt_len < 2 || salt_len > 2 * sizeof(salt) || key_len < 32 || key_len > 2 * sizeof(want) ||
+        !hex_decode(p, salt_len, salt) || !hex_decode(dollar + 1, key_len, want))
+        return false;
+    if (EVP_PBE_scrypt(password, strlen(password), salt, salt_len / 2, n, r, par, SCRYPT_MAXMEM,
+                       got, key_len / 2) == 1)
+        ok = CRYPTO_memcmp(got, want, key_len / 2) == 0;
+    explicit_bzero(got, sizeof(got));
+    return ok;
+}
+
+/* The user's id, name, role (1..3) and password hash (NULL when none; the
+ * caller's, free()) by name (when name is not NULL) or by id. *found says
+ * whether there is such a user. */
+static int user_password(store *s, const char *name, int64_t id, bool *found, int64_t *uid,
+                         char uname[65], int *role, char **hash)
+{
+    sqlite3_stmt *st = NULL;
+    *found = false;
+    *hash = NULL;
+    int rc = prep(s,
+                  name ? "SELECT id, name, CASE role WHEN 'admin' THEN 3 WHEN 'operator' THEN 2 "
+                         "ELSE 1 END, password_hash FROM users WHERE name = ?1"
+                       : "SELECT id, name, CASE role WHEN 'admin' THEN 3 WHEN 'operator' THEN 2 "
+                         "ELSE 1 END, password_hash FROM users WHERE id = ?1",
+                  &st);
+    int r = SQLITE_OK;
+    if (rc == STORE_OK)
+        r = name ? sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT)
+                 : sqlite3_bind_int64(st, 1, id);
+    if (rc == STORE_OK && r != SQLITE_OK)
+        rc = db_fail(s, r, "binding a value");
+    if (rc == STORE_OK) {
+        r = sqlite3_step(st);
+        if (r == SQLITE_ROW) {
+            *found = true;
+            *uid = sqlite3_column_int64(st, 0);
+            snprintf(uname, 65, "%s", (const char *)sqlite3_column_text(st, 1));
+            *role = sqlite3_column_int(st, 2);
+            const unsigned char *h = sqlite3_column_text(st, 3);
+            if (h && !(*hash = strdup((const char *)h)))
+                rc = oom(s);
+        } else if (r != SQLITE_DONE) {
+            rc = db_fail(s, r, "reading the user");
+        }
+    }
+    unprep(s, st);
+    return rc;
+}
+
+static void free_hash(char *hash)
+{
+    if (hash) {
+        explicit_bzero(hash, strlen(hash));
+        free(hash);
+    }
+}
+
+int store_user_set_password(store *s, int64_t id, const char *password, int64_t keep_session,
+                            const char *actor)
+{
+    char *hash = NULL, oid[32];
+    bool found;
+    int64_t dummy;
+    clear_error(s);
+    int rc = check_actor(s, actor);
+    size_t n = password ? strlen(password) : 0;
+    if (rc == STORE_OK &&
+        (n < STORE_PASSWORD_MIN || n > STORE_PASSWORD_MAX || !pc_text_ok(password)))
+        rc = invalid(s, "password", "must be %d to %d bytes of text", STORE_PASSWORD_MIN,
+                     STORE_PASSWORD_MAX);
+    /* Hashed before the transaction: scrypt is slow on purpose, and the
+     * database need not wait for it. */
+    if (rc == STORE_OK && store_password_hash(password, &hash) != 0)
+        rc = fail(s, STORE_ERR, NULL, "scrypt failed");
+    if (rc == STORE_OK)
+        rc = begin(s, true);
+    if (rc != STORE_OK) {
+        free_hash(hash);
+        return rc;
+    }
+    rc = one_int(s, &found, &dummy, "SELECT id FROM users WHERE id = ?1", "i", id);
+    if (rc == STORE_OK && !found)
+        rc = fail(s, STORE_ENOTFOUND, NULL, "there is no user %lld", (long long)id);
+    if (rc == STORE_OK)
+        rc = run(s, "storing the password", "UPDATE users SET password_hash = ?1 WHERE id = ?2",
+                 "ti", hash, id);
+    if (rc == STORE_OK)
+        rc = run(s, "ending the user's sessions",
+                 "DELETE FROM sessions WHERE user_id = ?1 AND id <> ?2", "ii", id, keep_session);
+    snprintf(oid, sizeof(oid), "%lld", (long long)id);
+    if (rc == STORE_OK)
+        rc = record(s, 0, actor, "set-password", "user", oid, NULL, NULL, NULL, NULL);
+    rc = finish(s, rc);
+    free_hash(hash);
+    return rc;
+}
+
+int store_user_check_password(store *s, int64_t id, const char *password)
+{
+    bool found;
+    int64_t uid = 0;
+    int role = 0;
+    char name[65], *hash = NULL;
+    clear_error(s);
+    int rc = user_password(s, NULL, id, &found, &uid, name, &role, &hash);
+    if (rc == STORE_OK) {
+        bool ok = store_password_verify(password, hash ? hash : dummy_hash) && hash;
+        if (!ok)
+            rc = fail(s, STORE_ENOTFOUND, "current", "the password is wrong");
+    }
+    free_hash(hash);
+    return rc;
+}
+
+int store_session_signin(store *s, const char *name, const char *password, int64_t now,
+                         char **token, store_session *out)
+{
+    char tok[65] = "", csrf[65] = "", uname[65] = "", *hash = NULL, oid[32];
+    unsigned char h[32];
+    bool found = false;
+    int64_t uid = 0;
+    int role = 0;
+    clear_error(s);
+    *token = NULL;
+    memset(out, 0, sizeof(*out));
+    bool name_ok = name && name[0] && strlen(name) <= MAX_IDENT && pc_text_ok(name);
+    size_t plen = password ? strlen(password) : 0;
+    int rc = name_ok ? user_password(s, name, 0, &found, &uid, uname, &role, &hash) : STORE_OK;
+    if (rc != STORE_OK)
+        return rc;
+    bool ok = store_password_verify(password ? password : "", hash ? hash : dummy_hash) && hash &&
+              plen <= STORE_PASSWORD_MAX;
+    free_hash(hash);
+    if (!ok) {
+        /* The name tried is kept as the audit row's object, as text. */
+        const char *tried = name && name[0] && strlen(name) <= MAX_LABEL && pc_text_ok(name)
+                                ? name
+                                : "(not a user name)";
+        rc = begin(s, true);
+        if (rc == STORE_OK)
+            rc = finish(s, record(s, 0, "anonymous", "sign-in-failed", "session", tried, NULL, NULL,
+                                  NULL, NULL));
+        return rc == STORE_OK ? fail(s, STORE_ENOTFOUND, NULL, SIGNIN_FAILED) : rc;
+    }
+    if (!random_hex32(tok) || !random_hex32(csrf))
+        return fail(s, STORE_ERR, NULL, "no random bytes for a session");
+    if (!sha256(tok, strlen(tok), h)) {
+        rc = fail(s, STORE_ERR, NULL, "SHA-256 failed");
+        goto done;
+    }
+    rc = begin(s, true);
+    if (rc != STORE_OK)
+        goto done;
+    rc = run(s, "removing expired sessions", "DELETE FROM sessions WHERE expires_at <= ?1", "i",
+             now);
+    if (rc == STORE_OK)
+        rc = run(s, "creating the session",
+                 "INSERT INTO sessions (user_id, lookup, token_hash, csrf_token, created_at, "
+                 "last_seen, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
+                 "iibtii", uid, hash_lookup(h), h, 32, csrf, now, now + STORE_SESSION_IDLE_MS);
+    out->id = sqlite3_last_insert_rowid(s->db);
+    snprintf(oid, sizeof(oid), "%lld", (long long)out->id);
+    if (rc == STORE_OK)
+        rc = record(s, 0, uname, "sign-in", "session", oid, NULL, NULL, NULL, NULL);
+    rc = finish(s, rc);
+    if (rc == STORE_OK && !(*token = strdup(tok)))
+        rc = oom(s);
+    if (rc == STORE_OK) {
+        out->user_id = uid;
+        snprintf(out->user, sizeof(out->user), "%s", uname);
+        out->role = (store_role)role;
+        memcpy(out->csrf, csrf, sizeof(out->csrf));
+        out->created_at = now;
+        out->expires_at = now + STORE_SESSION_IDLE_MS;
+    }
+done:
+    if (rc != STORE_OK)
+        memset(out, 0, sizeof(*out));
+    explicit_bzero(tok, sizeof(tok));
+    explicit_bzero(csrf, sizeof(csrf));
+    explicit_bzero(h, sizeof(h));
+    return rc;
+}
+
+int store_session_lookup(store *s, const char *token, int64_t now, store_session *out)
+{
+    unsigned char h[32];
+    sqlite3_stmt *st = NULL;
+    bool matched = false;
+    int64_t last_seen = 0;
+    clear_error(s);
+    memset(out, 0, sizeof(*out));
+    size_t n = token ? strlen(token) : 0;
+    if (n != 64)
+        return fail(s, STORE_ENOTFOUND, NULL, "unknown or expired session");
+    if (!sha256(token, n, h))
+        return fail(s, STORE_ERR, NULL, "SHA-256 failed");
+    int rc = prep(s,
+                  "SELECT se.id, se.user_id, u.name, se.token_hash, se.csrf_token, se.created_at, "
+                  "se.last_seen, se.expires_at, "
+                  "CASE u.role WHEN 'admin' THEN 3 WHEN 'operator' THEN 2 ELSE 1 END "
+                  "FROM sessions se JOIN users u ON u.id = se.user_id WHERE se.lookup = ?1",
+                  &st);
+    int r = rc == STORE_OK ? sqlite3_bind_int64(st, 1, hash_lookup(h)) : SQLITE_OK;
+    if (rc == STORE_OK && r != SQLITE_OK)
+        rc = db_fail(s, r, "binding a value");
+    while (rc == STORE_OK && (r = sqlite3_step(st)) == SQLITE_ROW) {
+        const void *stored = sqlite3_column_blob(st, 3);
+        if (sqlite3_column_bytes(st, 3) != 32 || CRYPTO_memcmp(stored, h, 32) != 0 ||
+            sqlite3_column_int64(st, 7) <= now)
+            continue;
+        matched = true;
+        out->id = sqlite3_column_int64(st, 0);
+        out->user_id = sqlite3_column_int64(st, 1);
+        snprintf(out->user, sizeof(out->user), "%s", (const char *)sqlite3_column_text(st, 2));
+        snprintf(out->csrf, sizeof(out->csrf), "%s", (const char *)sqlite3_column_text(st, 4));
+        out->created_at = sqlite3_column_int64(st, 5);
+        last_seen = sqlite3_column_int64(st, 6);
+        out->expires_at = sqlite3_column_int64(st, 7);
+        out->role = (store_role)sqlite3_column_int(st, 8);
+    }
+    if (rc == STORE_OK && r != SQLITE_DONE)
+        rc = db_fail(s, r, "reading sessions");
+    unprep(s, st);
+    explicit_bzero(h, sizeof(h));
+    if (rc == STORE_OK && !matched)
+        rc = fail(s, STORE_ENOTFOUND, NULL, "unknown or expired session");
+    if (rc != STORE_OK) {
+        memset(out, 0, sizeof(*out));
+        return rc;
+    }
+    /* The idle expiry moves with use, written at most once a minute; a
+     * failed write does not refuse the session. */
+    if (now - last_seen >= SESSION_SEEN_GRANULARITY_MS) {
+        int64_t exp = now + STORE_SESSION_IDLE_MS, cap = out->created_at + STORE_SESSION_MAX_MS;
+        if (exp > cap)
+            exp = cap;
+        if (run(s, "recording the session's use",
+                "UPDATE sessions SET last_seen = ?1, expires_at = ?2 WHERE id = ?3", "iii", now,
+                exp, out->id) == STORE_OK)
+            out->expires_at = exp;
+        else
+            clear_error(s);
+    }
+    return STORE_OK;
+}
+
+int store_session_delete(store *s, int64_t id, const char *actor)
+{
+    char oid[32];
+    clear_error(s);
+    int rc = check_actor(s, actor);
+    if (rc == STORE_OK)
+        rc = begin(s, true);
+    if (rc != STORE_OK)
+        return rc;
+    rc = run(s, "ending the session", "DELETE FROM sessions WHERE id = ?1", "i", id);
+    if (rc == STORE_OK && sqlite3_changes(s->db) == 0)
+        rc = fail(s, STORE_ENOTFOUND, NULL, "there is no session %lld", (long long)id);
+    snprintf(oid, sizeof(oid), "%lld", (long long)id);
+    if (rc == STORE_OK)
+        rc = record(s, 0, actor, "sign-out", "session", oid, NULL, NULL, NULL, NULL);
+    return finish(s, rc);
+}
+
 /* --- node state ---------------------------------------------------------------- */
 
 int store_node_find(store *s, const char *name, cJSON **out)
@@ -4150,10 +4546,9 @@ void store_close(store *s)
 #define ENROLL_TTL_MIN 60
 #define ENROLL_TTL_MAX 604800
 
-static const col enroll_cols[] = {{"id", C_INT},         {"node_id", C_INT},
-                                  {"created_at", C_TIME}, {"expires_at", C_TIME},
-                                  {"used_at", C_TIME},    {"created_by", C_TEXT},
-                                  {"state", C_TEXT}};
+static const col enroll_cols[] = {
+    {"id", C_INT},       {"node_id", C_INT},     {"created_at", C_TIME}, {"expires_at", C_TIME},
+    {"used_at", C_TIME}, {"created_by", C_TEXT}, {"state", C_TEXT}};
 #define ENROLL_SELECT                                                                              \
     "SELECT id, node_id, created_at, expires_at, used_at, created_by, CASE WHEN used_at IS NOT "   \
     "NULL THEN 'used' WHEN expires_at <= ?2 THEN 'expired' ELSE 'valid' END FROM "                 \
@@ -4183,8 +4578,7 @@ int store_enroll_token_create(store *s, int64_t node_id, int64_t ttl_s, const ch
         *out = NULL;
     int rc = check_actor(s, actor);
     if (rc == STORE_OK && (ttl_s < ENROLL_TTL_MIN || ttl_s > ENROLL_TTL_MAX))
-        rc = invalid(s, "ttl_seconds", "must be %d to %d seconds", ENROLL_TTL_MIN,
-                     ENROLL_TTL_MAX);
+        rc = invalid(s, "ttl_seconds", "must be %d to %d seconds", ENROLL_TTL_MIN, ENROLL_TTL_MAX);
     if (rc == STORE_OK && !(t = malloc(2 * sizeof(raw) + 1)))
         rc = oom(s);
     if (rc == STORE_OK && RAND_bytes(raw, sizeof(raw)) != 1)
@@ -4381,8 +4775,8 @@ int store_node_identity_get(store *s, const char *name, store_node_identity *out
                   "'enrolled', max(events_seq, coalesce((SELECT max(seq) FROM events WHERE node = "
                   "?1), 0)) FROM nodes WHERE name = ?1",
                   &st);
-    if (rc == STORE_OK && sqlite3_bind_text(st, 1, name ? name : "", -1, SQLITE_TRANSIENT) !=
-                              SQLITE_OK)
+    if (rc == STORE_OK &&
+        sqlite3_bind_text(st, 1, name ? name : "", -1, SQLITE_TRANSIENT) != SQLITE_OK)
         rc = oom(s);
     if (rc == STORE_OK) {
         int r = sqlite3_step(st);
@@ -4443,11 +4837,10 @@ static int link_events(store *s, store_link_op *op, int64_t now)
     int rc = one_int(s, &found, &node_id, "SELECT id FROM nodes WHERE name = ?1", "t",
                      op->node ? op->node : "");
     if (rc == STORE_OK && !found)
-        rc = fail(s, STORE_ENOTFOUND, NULL, "there is no node named '%s'",
-                  op->node ? op->node : "");
+        rc =
+            fail(s, STORE_ENOTFOUND, NULL, "there is no node named '%s'", op->node ? op->node : "");
     if (rc == STORE_OK)
-        rc = one_int(s, &found, &office, "SELECT office_id FROM nodes WHERE id = ?1", "i",
-                     node_id);
+        rc = one_int(s, &found, &office, "SELECT office_id FROM nodes WHERE id = ?1", "i", node_id);
     if (rc == STORE_OK)
         rc =
             one_int(s, &found, &region, "SELECT region_id FROM offices WHERE id = ?1", "i", office);
@@ -4795,8 +5188,7 @@ int store_rollout_canary(store *s, int64_t revision, const cJSON *offices, const
     if (rc == STORE_OK && revision == 0)
         revision = newest;
     if (rc == STORE_OK && (revision < 1 || revision > newest))
-        rc = fail(s, STORE_ENOTFOUND, "revision", "there is no revision %lld",
-                  (long long)revision);
+        rc = fail(s, STORE_ENOTFOUND, "revision", "there is no revision %lld", (long long)revision);
     if (rc == STORE_OK && revision < released)
         rc = invalid(s, "revision", "revision %lld is older than the released one (%lld)",
                      (long long)revision, (long long)released);
@@ -4806,10 +5198,9 @@ int store_rollout_canary(store *s, int64_t revision, const cJSON *offices, const
         rc = want_ids(s, regions, "regions", "SELECT 1 FROM regions WHERE id = ?1", "region", &nr);
     if (rc == STORE_OK && no + nr == 0)
         rc = invalid(s, "offices", "name at least one office or region for the canary");
-    if (rc == STORE_OK && (!(o_ids = offices ? cJSON_Duplicate(offices, true)
-                                             : cJSON_CreateArray()) ||
-                           !(r_ids = regions ? cJSON_Duplicate(regions, true)
-                                             : cJSON_CreateArray())))
+    if (rc == STORE_OK &&
+        (!(o_ids = offices ? cJSON_Duplicate(offices, true) : cJSON_CreateArray()) ||
+         !(r_ids = regions ? cJSON_Duplicate(regions, true) : cJSON_CreateArray())))
         rc = oom(s);
     if (rc == STORE_OK)
         rc = run(s, "starting the canary",
@@ -4840,8 +5231,7 @@ static int rollout_end(store *s, bool promote, const char *actor, cJSON **out)
                          : "UPDATE rollout SET canary_revision = NULL, canary_offices = '[]', "
                            "canary_regions = '[]', updated_at = ?1",
                  "i", now_ms());
-    return rollout_finish(s, rc, actor, promote ? "rollout-promote" : "rollout-abort", before,
-                          out);
+    return rollout_finish(s, rc, actor, promote ? "rollout-promote" : "rollout-abort", before, out);
 }
 
 int store_rollout_promote(store *s, const char *actor, cJSON **out)
@@ -4943,7 +5333,8 @@ int store_events_since(store *s, const store_event_query *q, int64_t after_id, i
          (to_id && (r = sqlite3_bind_int64(st, 2, to_id)) != SQLITE_OK) ||
          (q->office_id && (r = sqlite3_bind_int64(st, 3, q->office_id)) != SQLITE_OK) ||
          (q->region_id && (r = sqlite3_bind_int64(st, 4, q->region_id)) != SQLITE_OK) ||
-         (q->group && (r = sqlite3_bind_text(st, 5, q->group, -1, SQLITE_TRANSIENT)) != SQLITE_OK) ||
+         (q->group &&
+          (r = sqlite3_bind_text(st, 5, q->group, -1, SQLITE_TRANSIENT)) != SQLITE_OK) ||
          (q->type && (r = sqlite3_bind_text(st, 6, q->type, -1, SQLITE_TRANSIENT)) != SQLITE_OK) ||
          (q->node && (r = sqlite3_bind_text(st, 7, q->node, -1, SQLITE_TRANSIENT)) != SQLITE_OK) ||
          (r = sqlite3_bind_int64(st, 8, (int64_t)limit)) != SQLITE_OK))

@@ -245,6 +245,56 @@ int store_token_revoke(store *s, int64_t token_id, const char *actor) STORE_WUR;
  * "created_at", "last_used_at", "revoked_at"}; *out is the caller's. */
 int store_token_list(store *s, cJSON **out) STORE_WUR;
 
+/* --- passwords and sign-in sessions (docs/controller.md) ----------------- */
+
+#define STORE_PASSWORD_MIN 12
+#define STORE_PASSWORD_MAX 256
+#define STORE_SESSION_IDLE_MS (12LL * 3600 * 1000)    /* unused this long: ended */
+#define STORE_SESSION_MAX_MS (7LL * 24 * 3600 * 1000) /* after sign-in: ended */
+
+/* Hashes a password with scrypt (N=2^15, r=8, p=1, a 16-byte random salt)
+ * as "scrypt$N$r$p$salt_hex$hash_hex" into *out (the caller's, free()).
+ * Returns 0, or -1 when OpenSSL fails. No store needed. */
+int store_password_hash(const char *password, char **out) STORE_WUR;
+/* Whether password matches an encoded hash (constant-time comparison);
+ * false for a malformed or NULL encoded. */
+bool store_password_verify(const char *password, const char *encoded);
+
+/* Sets user id's password (STORE_PASSWORD_MIN..MAX bytes of text, else
+ * STORE_EINVALID on "password") and ends the user's sessions except
+ * keep_session (0 = all); audited without the password. */
+int store_user_set_password(store *s, int64_t id, const char *password, int64_t keep_session,
+                            const char *actor) STORE_WUR;
+/* Whether password is user id's current one: STORE_OK, or STORE_ENOTFOUND
+ * for a wrong password, no password set, or no such user. */
+int store_user_check_password(store *s, int64_t id, const char *password) STORE_WUR;
+
+/* A signed-in session. */
+typedef struct store_session {
+    int64_t id, user_id;
+    char user[65];
+    store_role role;                /* the user's role now */
+    char csrf[65];                  /* the CSRF token, 64 hex digits */
+    int64_t created_at, expires_at; /* ms since 1970 */
+} store_session;
+
+/* Signs in: checks name and password at now_ms and on success makes a
+ * session: *token receives its secret (64 hex digits, the only time it
+ * exists; the caller wipes and frees it) and *out the session. A wrong
+ * password, an unknown name and a user without a password are all
+ * STORE_ENOTFOUND with one message, and take the same time. Success and
+ * failure are audited (a failure with actor "anonymous" and the name tried
+ * as object_id); the password never is. Expired sessions are removed. */
+int store_session_signin(store *s, const char *name, const char *password, int64_t now_ms,
+                         char **token, store_session *out) STORE_WUR;
+/* The live session of a token at now_ms: STORE_OK and *out, its idle expiry
+ * moved on (written at most once a minute); STORE_ENOTFOUND for an unknown,
+ * ended or expired token. */
+int store_session_lookup(store *s, const char *token, int64_t now_ms, store_session *out) STORE_WUR;
+/* Ends session id (sign-out); audited with actor. STORE_ENOTFOUND when it
+ * is gone already. */
+int store_session_delete(store *s, int64_t id, const char *actor) STORE_WUR;
+
 /* --- node state (not revisioned) ----------------------------------------- */
 
 /* The node with this identity; *out (the caller's) as store_object_get. */

@@ -952,6 +952,165 @@ class TestConfig(unittest.TestCase):
             self.assertIn("none.pem", r.stderr)
 
 
+class TestSignIn(ControllerTest):
+    """Sign-in with a password for the dashboard: the session cookie, CSRF,
+    roles, sign-out and the rate limit (docs/controller.md, "Sign-in and
+    sessions")."""
+
+    def user_id(self, name):
+        st, _, users = self.c.request("GET", "/api/v1/users", token=self.admin)
+        self.assertEqual(st, 200, users)
+        return [u for u in users["items"] if u["name"] == name][0]["id"]
+
+    def set_password(self, name, password):
+        st, _, body = self.c.request("PUT", "/api/v1/users/%d/password" % self.user_id(name),
+                                     {"password": password}, self.admin)
+        self.assertEqual(st, 204, body)
+
+    def sign_in(self, name, password, headers=None):
+        """Returns (status, headers, body, Cookie header value or None)."""
+        st, h, body = self.c.request("POST", "/api/v1/session", {"name": name, "password": password},
+                                     headers=headers)
+        cookie = None
+        if "set-cookie" in h:
+            cookie = h["set-cookie"].split(";")[0].strip()
+        return st, h, body, cookie
+
+    def regions_named(self, name):
+        return self.db("SELECT count(*) FROM regions WHERE name = ?", name)[0][0]
+
+    def test_sign_in_csrf_and_sign_out(self):
+        self.set_password("admin", "admin password one")
+        stored = self.db("SELECT password_hash FROM users WHERE name = 'admin'")[0][0]
+        self.assertRegex(stored, r"^scrypt\$32768\$8\$1\$[0-9a-f]{32}\$[0-9a-f]{64}$")
+        st, h, body, cookie = self.sign_in("admin", "admin password one")
+        self.assertEqual(st, 201, body)
+        self.assertEqual(set(body), {"user", "role", "csrf_token", "expires_at"})
+        self.assertEqual((body["user"], body["role"]), ("admin", "admin"))
+        self.assertRegex(body["csrf_token"], r"^[0-9a-f]{64}$")
+        attrs = [a.strip() for a in h["set-cookie"].split(";")]
+        self.assertRegex(attrs[0], r"^pc_session=[0-9a-f]{64}$")
+        self.assertIn("HttpOnly", attrs[1:])
+        self.assertIn("Secure", attrs[1:])
+        self.assertIn("SameSite=Strict", attrs[1:])
+        self.assertIn("Path=/", attrs[1:])
+        csrf = body["csrf_token"]
+        ck = {"Cookie": cookie}
+
+        st, _, who = self.c.request("GET", "/api/v1/session", headers=ck)
+        self.assertEqual((st, who["user"], who["role"], who["csrf_token"]), (200, "admin", "admin", csrf))
+        st, _, _ = self.c.request("GET", "/api/v1/regions", headers=ck)
+        self.assertEqual(st, 200, "a read needs no CSRF header")
+
+        # A change with the cookie alone is refused and stores nothing.
+        self.assertError(self.c.request("POST", "/api/v1/regions", {"name": "NoCsrf"}, headers=ck), 403, "csrf")
+        self.assertEqual(self.regions_named("NoCsrf"), 0)
+        self.assertError(self.c.request("POST", "/api/v1/regions", {"name": "BadCsrf"},
+                                        headers=dict(ck, **{"X-CSRF-Token": "0" * 64})), 403, "csrf")
+        self.assertEqual(self.regions_named("BadCsrf"), 0)
+        with_csrf = dict(ck, **{"X-CSRF-Token": csrf})
+        st, _, r = self.c.request("POST", "/api/v1/regions", {"name": "WithCsrf"}, headers=with_csrf)
+        self.assertEqual(st, 201, r)
+        self.assertEqual(self.regions_named("WithCsrf"), 1)
+        # The audit names the session's user.
+        self.assertEqual(self.db("SELECT actor FROM audit WHERE object_type = 'region' AND action = 'create' "
+                                 "ORDER BY id DESC LIMIT 1")[0][0], "admin")
+        # Cross-origin: refused even with the right token; the same origin is fine.
+        self.assertError(self.c.request("POST", "/api/v1/regions", {"name": "Evil"},
+                                        headers=dict(with_csrf, Origin="https://evil.example")), 403, "csrf")
+        self.assertEqual(self.regions_named("Evil"), 0)
+        st, _, r = self.c.request("POST", "/api/v1/regions", {"name": "SameOrigin"},
+                                  headers=dict(with_csrf, Origin="https://127.0.0.1:%d" % self.c.port))
+        self.assertEqual(st, 201, r)
+        # A bearer token wins over the cookie, and needs no CSRF header.
+        viewer = self.token("viewer")
+        self.assertError(self.c.request("POST", "/api/v1/regions", {"name": "Bearer"}, viewer, ck), 403, "forbidden")
+        st, _, r = self.c.request("POST", "/api/v1/regions", {"name": "Bearer"}, self.admin, ck)
+        self.assertEqual(st, 201, r)
+        # Signing in from another origin is refused.
+        st, h, body, c2 = self.sign_in("admin", "admin password one", {"Origin": "https://evil.example"})
+        self.assertError((st, h, body), 403, "csrf")
+        self.assertIsNone(c2)
+
+        # Sign-out needs the CSRF header too; then the cookie is dead.
+        self.assertError(self.c.request("DELETE", "/api/v1/session", headers=ck), 403, "csrf")
+        st, h, _ = self.c.request("DELETE", "/api/v1/session", headers=with_csrf)
+        self.assertEqual(st, 204)
+        self.assertIn("Max-Age=0", h["set-cookie"])
+        self.assertTrue(h["set-cookie"].startswith("pc_session=;"), h["set-cookie"])
+        self.assertError(self.c.request("GET", "/api/v1/regions", headers=ck), 401, "unauthorized")
+        self.assertError(self.c.request("GET", "/api/v1/session", headers=ck), 401, "unauthorized")
+        self.assertError(self.c.request("POST", "/api/v1/regions", {"name": "After"}, headers=with_csrf),
+                         401, "unauthorized")
+        self.assertEqual(self.regions_named("After"), 0)
+        actions = [r[0] for r in self.db("SELECT action FROM audit WHERE object_type = 'session' "
+                                         "AND actor = 'admin' ORDER BY id")]
+        self.assertEqual(actions, ["sign-in", "sign-out"])
+        # No password anywhere in the audit log.
+        self.assertEqual(self.db("SELECT count(*) FROM audit WHERE coalesce(before, '') || "
+                                 "coalesce(after, '') || object_id LIKE '%password one%'")[0][0], 0)
+
+    def test_viewer_session_and_own_password(self):
+        st, _, u = self.c.request("POST", "/api/v1/users", {"name": "vera", "role": "viewer"}, self.admin)
+        self.assertEqual(st, 201, u)
+        self.set_password("vera", "vera password one")
+        st, _, body, cookie = self.sign_in("vera", "vera password one")
+        self.assertEqual((st, body["role"]), (201, "viewer"), body)
+        h = {"Cookie": cookie, "X-CSRF-Token": body["csrf_token"]}
+        self.assertEqual(self.c.request("GET", "/api/v1/regions", headers=h)[0], 200)
+        self.assertError(self.c.request("POST", "/api/v1/regions", {"name": "ByViewer"}, headers=h), 403, "forbidden")
+        self.assertEqual(self.regions_named("ByViewer"), 0)
+        self.assertError(self.c.request("GET", "/api/v1/users", headers=h), 403, "forbidden")
+        # Her own password: the current one is required and checked.
+        url = "/api/v1/users/%d/password" % u["id"]
+        self.assertError(self.c.request("PUT", url, {"password": "vera password two"}, headers=h),
+                         422, "missing_field", "current")
+        self.assertError(self.c.request("PUT", url, {"password": "vera password two", "current": "not it at all"},
+                                        headers=h), 403, "forbidden", "current")
+        self.assertError(self.c.request("PUT", url, {"password": "short", "current": "vera password one"},
+                                        headers=h), 422, "invalid", "password")
+        st, _, r = self.c.request("PUT", url, {"password": "vera password two", "current": "vera password one"},
+                                  headers=h)
+        self.assertEqual(st, 204, r)
+        self.assertEqual(self.c.request("GET", "/api/v1/session", headers=h)[0], 200, "her session stays")
+        self.assertEqual(self.sign_in("vera", "vera password one")[0], 401)
+        self.assertEqual(self.sign_in("vera", "vera password two")[0], 201)
+        # Not anyone else's.
+        self.assertError(self.c.request("PUT", "/api/v1/users/%d/password" % self.user_id("admin"),
+                                        {"password": "taken over now", "current": "vera password two"},
+                                        headers=h), 403, "forbidden")
+        # An admin's reset ends her sessions.
+        self.set_password("vera", "vera password three")
+        self.assertError(self.c.request("GET", "/api/v1/session", headers=h), 401, "unauthorized")
+
+    def test_wrong_password_unknown_user_and_rate_limit(self):
+        self.set_password("admin", "admin password one")
+        st, h, wrong, c = self.sign_in("admin", "not the password")
+        self.assertError((st, h, wrong), 401, "unauthorized")
+        self.assertIsNone(c)
+        st, h, unknown, c = self.sign_in("nobody", "not the password")
+        self.assertError((st, h, unknown), 401, "unauthorized")
+        self.assertEqual(wrong["error"]["message"], unknown["error"]["message"])
+        for i in range(4):
+            self.assertEqual(self.sign_in("admin", "wrong %d password" % i)[0], 401)
+        # The sixth: refused before the password is even checked.
+        st, h, body, c = self.sign_in("admin", "admin password one")
+        self.assertError((st, h, body), 429, "rate_limited")
+        self.assertTrue(0 < int(h["retry-after"]) <= 300, h)
+        self.assertIsNone(c)
+        fails = self.db("SELECT actor, object_id FROM audit WHERE action = 'sign-in-failed' ORDER BY id")
+        self.assertEqual(fails[0], ("anonymous", "admin"))
+        self.assertIn(("anonymous", "nobody"), fails)
+        self.assertEqual(len(fails), 6)
+        self.assertEqual(self.db("SELECT count(*) FROM audit WHERE coalesce(before, '') || coalesce(after, '') "
+                                 "|| object_id LIKE '%password%'")[0][0], 0)
+        # 20 failures from one address: every name is refused there.
+        for i in range(14):
+            self.assertEqual(self.sign_in("guess%d" % i, "not the password")[0], 401)
+        st, h, body, _ = self.sign_in("someone", "not the password")
+        self.assertError((st, h, body), 429, "rate_limited")
+
+
 def main():
     global CONTROLLER
     ap = argparse.ArgumentParser(add_help=False)

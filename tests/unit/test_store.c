@@ -273,6 +273,8 @@ static size_t upgraded_n(const char *extra_name, const char *extra_sql)
  * snapshots of format 1. */
 static void downgrade(const char *path, int version)
 {
+    if (version < 4)
+        raw_exec(path, "DROP TABLE sessions; PRAGMA user_version = 3;");
     if (version < 3)
         raw_exec(path,
                  "UPDATE revisions SET changes = (SELECT json_group_array(json(json_remove("
@@ -1742,7 +1744,6 @@ static void test_node_state(void)
     store_close(s);
 }
 
-
 /* --- enrollment, the link, rollout ------------------------------------------- */
 
 /* A region, an office and a node named name in it; returns the node id. */
@@ -1827,26 +1828,26 @@ static void test_enrollment(void)
     /* Expired: by time, and by the operator. */
     free(secret);
     CU_ASSERT_EQUAL_FATAL(store_enroll_token_create(s, id, 60, "tester", &secret, NULL), STORE_OK);
-    CU_ASSERT_EQUAL(store_enroll_redeem(s, secret, now + 400LL * 86400 * 1000, fake_issue, &ia,
-                                        &why),
-                    STORE_ENOTFOUND);
+    CU_ASSERT_EQUAL(
+        store_enroll_redeem(s, secret, now + 400LL * 86400 * 1000, fake_issue, &ia, &why),
+        STORE_ENOTFOUND);
     CU_ASSERT_EQUAL(why, STORE_ENROLL_EXPIRED);
     size_t n = 0;
     CU_ASSERT_EQUAL(store_enroll_token_expire(s, id, "tester", &n), STORE_OK);
     CU_ASSERT_EQUAL(n, 1);
     /* The operator's expiry is now: any later redemption is refused. */
-    CU_ASSERT_EQUAL(store_enroll_redeem(s, secret, (int64_t)time(NULL) * 1000 + 1000, fake_issue,
-                                        &ia, &why),
-                    STORE_ENOTFOUND);
+    CU_ASSERT_EQUAL(
+        store_enroll_redeem(s, secret, (int64_t)time(NULL) * 1000 + 1000, fake_issue, &ia, &why),
+        STORE_ENOTFOUND);
     CU_ASSERT_EQUAL(why, STORE_ENROLL_EXPIRED);
     free(secret);
     cJSON *list = NULL;
     CU_ASSERT_EQUAL_FATAL(store_enroll_token_list(s, id, &list), STORE_OK);
     CU_ASSERT_EQUAL(cJSON_GetArraySize(list), 2);
-    CU_ASSERT_STRING_EQUAL(
-        cJSON_GetObjectItem(cJSON_GetArrayItem(list, 0), "state")->valuestring, "expired");
-    CU_ASSERT_STRING_EQUAL(
-        cJSON_GetObjectItem(cJSON_GetArrayItem(list, 1), "state")->valuestring, "used");
+    CU_ASSERT_STRING_EQUAL(cJSON_GetObjectItem(cJSON_GetArrayItem(list, 0), "state")->valuestring,
+                           "expired");
+    CU_ASSERT_STRING_EQUAL(cJSON_GetObjectItem(cJSON_GetArrayItem(list, 1), "state")->valuestring,
+                           "used");
     char *txt = cJSON_PrintUnformatted(list);
     CU_ASSERT_PTR_NULL(strstr(txt, "hash"));
     free(txt);
@@ -1857,9 +1858,9 @@ static void test_enrollment(void)
     CU_ASSERT_EQUAL(store_node_revoke(s, id, "tester"), STORE_OK);
     CU_ASSERT_EQUAL_FATAL(store_node_identity_get(s, "gw-enroll", &ni), STORE_OK);
     CU_ASSERT_FALSE(ni.enrolled);
-    CU_ASSERT_EQUAL(store_enroll_redeem(s, secret, (int64_t)time(NULL) * 1000 + 1000, fake_issue,
-                                        &ia, &why),
-                    STORE_ENOTFOUND);
+    CU_ASSERT_EQUAL(
+        store_enroll_redeem(s, secret, (int64_t)time(NULL) * 1000 + 1000, fake_issue, &ia, &why),
+        STORE_ENOTFOUND);
     CU_ASSERT_EQUAL(why, STORE_ENROLL_EXPIRED);
     free(secret);
     store_close(s);
@@ -1949,10 +1950,10 @@ static void test_link_apply(void)
     CU_ASSERT_EQUAL(del, 2);
     CU_ASSERT_EQUAL_FATAL(store_events_query(s, &q, &page), STORE_OK);
     CU_ASSERT_EQUAL(cJSON_GetArraySize(cJSON_GetObjectItem(page, "events")), 1);
-    CU_ASSERT_EQUAL(cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(page, "events"), 0),
-                                        "seq")
-                        ->valuedouble,
-                    4);
+    CU_ASSERT_EQUAL(
+        cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(page, "events"), 0), "seq")
+            ->valuedouble,
+        4);
     cJSON_Delete(page);
     /* The high-water mark survives retention: an old seq stays old. */
     CU_ASSERT_EQUAL(store_events_prune(s, 1LL << 62, 0, 0, &del), STORE_OK);
@@ -2041,6 +2042,191 @@ static void test_rollout(void)
     store_close(s);
 }
 
+/* --- passwords and sessions ------------------------------------------------------ */
+
+/* The audit row's field as a string ("" when absent or null). */
+static const char *audit_str(const cJSON *a, const char *k)
+{
+    const cJSON *v = cJSON_GetObjectItem(a, k);
+    return cJSON_IsString(v) ? v->valuestring : "";
+}
+
+static void test_password_hash(void)
+{
+    char *h = NULL, *h2 = NULL;
+    CU_ASSERT_EQUAL_FATAL(store_password_hash("correct horse battery", &h), 0);
+    /* scrypt$N$r$p$salt(16 bytes)$hash(32 bytes) */
+    CU_ASSERT_EQUAL(strncmp(h, "scrypt$32768$8$1$", 17), 0);
+    CU_ASSERT_EQUAL(strlen(h), 17 + 32 + 1 + 64);
+    CU_ASSERT_EQUAL(h[17 + 32], '$');
+    CU_ASSERT_EQUAL(strspn(h + 17, "0123456789abcdef"), 32);
+    CU_ASSERT_EQUAL(strspn(h + 17 + 33, "0123456789abcdef"), 64);
+    CU_ASSERT_TRUE(store_password_verify("correct horse battery", h));
+    CU_ASSERT_FALSE(store_password_verify("correct horse batterz", h));
+    CU_ASSERT_FALSE(store_password_verify("", h));
+    /* A new salt each time: the same password hashes differently. */
+    CU_ASSERT_EQUAL_FATAL(store_password_hash("correct horse battery", &h2), 0);
+    CU_ASSERT_STRING_NOT_EQUAL(h, h2);
+    CU_ASSERT_TRUE(store_password_verify("correct horse battery", h2));
+    /* Malformed or hostile stored hashes never match. */
+    CU_ASSERT_FALSE(store_password_verify("correct horse battery", NULL));
+    CU_ASSERT_FALSE(store_password_verify("correct horse battery", ""));
+    CU_ASSERT_FALSE(
+        store_password_verify("x", "scrypt$1073741824$8$1$00$0000000000000000000000000000000000"));
+    CU_ASSERT_FALSE(store_password_verify("x", "bcrypt$32768$8$1$00$00"));
+    h[strlen(h) - 1] = 'g';
+    CU_ASSERT_FALSE(store_password_verify("correct horse battery", h));
+    free(h);
+    free(h2);
+}
+
+static void test_user_password(void)
+{
+    store *s = fresh();
+    int64_t admin = 0;
+    CU_ASSERT_EQUAL_FATAL(store_user_find(s, "admin", &admin), STORE_OK);
+    /* No password yet: cannot sign in. */
+    CU_ASSERT_EQUAL(store_user_check_password(s, admin, "anything at all"), STORE_ENOTFOUND);
+    CU_ASSERT_EQUAL(store_user_set_password(s, admin, "short", 0, "tester"), STORE_EINVALID);
+    CU_ASSERT_STRING_EQUAL(store_error_field(s), "password");
+    CU_ASSERT_EQUAL(store_user_set_password(s, admin, "tab\there is not text", 0, "tester"),
+                    STORE_EINVALID);
+    CU_ASSERT_EQUAL(store_user_set_password(s, 999, "a long enough password", 0, "tester"),
+                    STORE_ENOTFOUND);
+    CU_ASSERT_EQUAL(store_user_set_password(s, admin, "a long enough password", 0, "tester"),
+                    STORE_OK);
+    CU_ASSERT_EQUAL(store_user_check_password(s, admin, "a long enough password"), STORE_OK);
+    CU_ASSERT_EQUAL(store_user_check_password(s, admin, "a long enough passworD"), STORE_ENOTFOUND);
+    cJSON *a = last_audit(s);
+    CU_ASSERT_STRING_EQUAL(audit_str(a, "action"), "set-password");
+    CU_ASSERT_STRING_EQUAL(audit_str(a, "actor"), "tester");
+    char *txt = cJSON_PrintUnformatted(a);
+    CU_ASSERT_PTR_NULL(strstr(txt, "long enough"));
+    free(txt);
+    cJSON_Delete(a);
+    store_close(s);
+}
+
+static void test_sessions(void)
+{
+    store *s = fresh();
+    int64_t admin = 0, t0 = 1700000000000;
+    char *tok = NULL, *tok2 = NULL;
+    store_session se, got;
+    CU_ASSERT_EQUAL_FATAL(store_user_find(s, "admin", &admin), STORE_OK);
+    /* Without a password nobody signs in; unknown names and wrong passwords
+     * fail alike, and each failure is audited without the password. */
+    CU_ASSERT_EQUAL(store_session_signin(s, "admin", "a long enough password", t0, &tok, &se),
+                    STORE_ENOTFOUND);
+    CU_ASSERT_EQUAL_FATAL(store_user_set_password(s, admin, "a long enough password", 0, "tester"),
+                          STORE_OK);
+    CU_ASSERT_EQUAL(store_session_signin(s, "admin", "wrong password!!", t0, &tok, &se),
+                    STORE_ENOTFOUND);
+    char msg_wrong[512];
+    snprintf(msg_wrong, sizeof(msg_wrong), "%s", store_error_message(s));
+    CU_ASSERT_PTR_NULL(tok);
+    cJSON *a = last_audit(s);
+    CU_ASSERT_STRING_EQUAL(audit_str(a, "action"), "sign-in-failed");
+    CU_ASSERT_STRING_EQUAL(audit_str(a, "actor"), "anonymous");
+    CU_ASSERT_STRING_EQUAL(audit_str(a, "object_id"), "admin");
+    char *txt = cJSON_PrintUnformatted(a);
+    CU_ASSERT_PTR_NULL(strstr(txt, "wrong password"));
+    free(txt);
+    cJSON_Delete(a);
+    CU_ASSERT_EQUAL(store_session_signin(s, "nobody", "a long enough password", t0, &tok, &se),
+                    STORE_ENOTFOUND);
+    CU_ASSERT_STRING_EQUAL(store_error_message(s), msg_wrong);
+
+    /* Sign in: a 64-hex-digit token and CSRF token; the audit names the user. */
+    CU_ASSERT_EQUAL_FATAL(store_session_signin(s, "admin", "a long enough password", t0, &tok, &se),
+                          STORE_OK);
+    CU_ASSERT_EQUAL(strlen(tok), 64);
+    CU_ASSERT_EQUAL(strlen(se.csrf), 64);
+    CU_ASSERT_STRING_NOT_EQUAL(tok, se.csrf);
+    CU_ASSERT_STRING_EQUAL(se.user, "admin");
+    CU_ASSERT_EQUAL(se.role, STORE_ROLE_ADMIN);
+    CU_ASSERT_EQUAL(se.expires_at, t0 + STORE_SESSION_IDLE_MS);
+    a = last_audit(s);
+    CU_ASSERT_STRING_EQUAL(audit_str(a, "action"), "sign-in");
+    CU_ASSERT_STRING_EQUAL(audit_str(a, "actor"), "admin");
+    cJSON_Delete(a);
+
+    /* Lookup: the same session; a wrong token is not. */
+    CU_ASSERT_EQUAL(store_session_lookup(s, tok, t0 + 1000, &got), STORE_OK);
+    CU_ASSERT_EQUAL(got.id, se.id);
+    CU_ASSERT_STRING_EQUAL(got.csrf, se.csrf);
+    CU_ASSERT_STRING_EQUAL(got.user, "admin");
+    char wrong[65];
+    snprintf(wrong, sizeof(wrong), "%s", tok);
+    wrong[5] = wrong[5] == 'a' ? 'b' : 'a';
+    CU_ASSERT_EQUAL(store_session_lookup(s, wrong, t0 + 1000, &got), STORE_ENOTFOUND);
+    CU_ASSERT_EQUAL(got.id, 0);
+    CU_ASSERT_EQUAL(store_session_lookup(s, "", t0, &got), STORE_ENOTFOUND);
+
+    /* Idle expiry: used every 11 hours it lives on, up to 7 days after
+     * sign-in; 12 idle hours end it. */
+    int64_t t = t0;
+    for (int i = 0; i < 15; i++) {
+        t += 11LL * 3600 * 1000;
+        CU_ASSERT_EQUAL(store_session_lookup(s, tok, t, &got), STORE_OK);
+    }
+    t += 11LL * 3600 * 1000; /* 176 h > 7 days */
+    CU_ASSERT_EQUAL(store_session_lookup(s, tok, t, &got), STORE_ENOTFOUND);
+    CU_ASSERT_EQUAL_FATAL(
+        store_session_signin(s, "admin", "a long enough password", t0, &tok2, &se), STORE_OK);
+    CU_ASSERT_EQUAL(store_session_lookup(s, tok2, t0 + STORE_SESSION_IDLE_MS + 1, &got),
+                    STORE_ENOTFOUND);
+    free(tok2);
+    tok2 = NULL;
+
+    /* Sign-out deletes it; a second time there is nothing to delete. */
+    CU_ASSERT_EQUAL_FATAL(
+        store_session_signin(s, "admin", "a long enough password", t0, &tok2, &se), STORE_OK);
+    CU_ASSERT_EQUAL(store_session_delete(s, se.id, "admin"), STORE_OK);
+    a = last_audit(s);
+    CU_ASSERT_STRING_EQUAL(audit_str(a, "action"), "sign-out");
+    cJSON_Delete(a);
+    CU_ASSERT_EQUAL(store_session_lookup(s, tok2, t0 + 1, &got), STORE_ENOTFOUND);
+    CU_ASSERT_EQUAL(store_session_delete(s, se.id, "admin"), STORE_ENOTFOUND);
+    free(tok2);
+    tok2 = NULL;
+
+    /* A new password ends the user's other sessions, but not the one kept. */
+    store_session keep;
+    CU_ASSERT_EQUAL_FATAL(
+        store_session_signin(s, "admin", "a long enough password", t0, &tok2, &keep), STORE_OK);
+    free(tok);
+    tok = NULL;
+    CU_ASSERT_EQUAL_FATAL(store_session_signin(s, "admin", "a long enough password", t0, &tok, &se),
+                          STORE_OK);
+    CU_ASSERT_EQUAL(store_user_set_password(s, admin, "another good password", keep.id, "admin"),
+                    STORE_OK);
+    CU_ASSERT_EQUAL(store_session_lookup(s, tok2, t0 + 1, &got), STORE_OK);
+    CU_ASSERT_EQUAL(store_session_lookup(s, tok, t0 + 1, &got), STORE_ENOTFOUND);
+    free(tok);
+    tok = NULL;
+    CU_ASSERT_EQUAL(store_session_signin(s, "admin", "a long enough password", t0, &tok, &se),
+                    STORE_ENOTFOUND);
+
+    /* Deleting the user ends its sessions. */
+    cJSON *u = J("{\"name\":\"vera\",\"role\":\"viewer\"}"), *row = NULL;
+    CU_ASSERT_EQUAL_FATAL(store_user_create(s, u, "tester", &row), STORE_OK);
+    int64_t vera = (int64_t)cJSON_GetObjectItem(row, "id")->valuedouble;
+    CU_ASSERT_EQUAL(store_user_set_password(s, vera, "vera's password!", 0, "tester"), STORE_OK);
+    free(tok);
+    tok = NULL;
+    CU_ASSERT_EQUAL_FATAL(store_session_signin(s, "vera", "vera's password!", t0, &tok, &se),
+                          STORE_OK);
+    CU_ASSERT_EQUAL(se.role, STORE_ROLE_VIEWER);
+    CU_ASSERT_EQUAL(store_user_delete(s, vera, "tester"), STORE_OK);
+    CU_ASSERT_EQUAL(store_session_lookup(s, tok, t0 + 1, &got), STORE_ENOTFOUND);
+    cJSON_Delete(u);
+    cJSON_Delete(row);
+    free(tok);
+    free(tok2);
+    store_close(s);
+}
+
 int unit_register(void)
 {
     static const unit_case migrations[] = {
@@ -2075,13 +2261,17 @@ int unit_register(void)
                                       {"link apply", test_link_apply},
                                       {"rollout", test_rollout},
                                       {NULL, NULL}};
+    static const unit_case auth[] = {{"password hash", test_password_hash},
+                                     {"user password", test_user_password},
+                                     {"sessions", test_sessions},
+                                     {NULL, NULL}};
     if (suite_init() != 0)
         return -1;
     atexit(suite_clean);
     if (unit_add_suite("store_migrations", migrations) != 0 ||
         unit_add_suite("store_constraints", constraints) != 0 ||
         unit_add_suite("store_revisions", revisions) != 0 ||
-        unit_add_suite("store_other", other) != 0)
+        unit_add_suite("store_other", other) != 0 || unit_add_suite("store_auth", auth) != 0)
         return -1;
     return 0;
 }
