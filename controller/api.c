@@ -18,6 +18,7 @@
 #include <cjson/cJSON.h>
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
@@ -28,7 +29,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 /* docs/api/openapi.json, embedded at build time (controller/CMakeLists.txt). */
 extern const unsigned char api_openapi_json[];
@@ -80,6 +83,7 @@ struct api {
     char *hub_name;              /* the host name nodes reach the hub by */
     pthread_mutex_t signin_lock; /* guards signins */
     signin_slot signins[API_SIGNIN_SLOTS];
+    char *web_root; /* the dashboard's built files, or NULL (api_options) */
 };
 
 /* The serving thread's own store handle, opened on its first request. */
@@ -100,6 +104,8 @@ typedef struct req {
     size_t discarded;
     bool too_large;
     bool responded; /* a response was queued before the body was read */
+    bool begun;     /* the access handler has seen this request */
+    bool raw_bad;   /* the raw path has %2F, %5C or %00 (the dashboard refuses it) */
     const route *rt;
     store_principal who;  /* the token's user and role; zero without auth */
     store_session sess;   /* the session, when the cookie authenticated (sess.id != 0) */
@@ -2027,6 +2033,285 @@ done:
     return sent;
 }
 
+/* --- dashboard files -------------------------------------------------------- */
+
+/* Every path outside /api/ is the dashboard's (docs/controller.md,
+ * "Dashboard files"): files under web_root, opened one path component at a
+ * time beneath it with symlinks refused, so no URL reaches outside it. They
+ * need no authentication: the data comes from the API. */
+
+#define WEB_FILE_MAX (8u * 1024 * 1024) /* larger files are not served */
+#define WEB_PATH_MAX 1024               /* bytes of a URL path */
+#define WEB_DEPTH_MAX 16                /* path components */
+#define WEB_NAME_MAX 255                /* bytes of one component */
+
+static const char web_csp[] =
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+static const char web_not_built[] =
+    "<!doctype html>\n"
+    "<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Portcullis controller</title></head>\n"
+    "<body><h1>Portcullis controller</h1>\n"
+    "<p>The Portcullis dashboard is not built here. The REST API is at <a "
+    "href=\"/api/v1/health\">/api/v1/</a> (docs/controller.md); build the dashboard with "
+    "the commands in web/README.md and start the controller with <code>--web-root DIR</code> "
+    "(or <code>\"web_root\"</code> in its config file) naming the directory of the built "
+    "files.</p>\n"
+    "</body></html>\n";
+
+/* The headers of every dashboard response. */
+static void web_headers(struct MHD_Response *resp, const char *ctype, const char *cache)
+{
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    MHD_add_response_header(resp, "Cache-Control", cache);
+    MHD_add_response_header(resp, "Content-Security-Policy", web_csp);
+    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
+    MHD_add_response_header(resp, "X-Frame-Options", "DENY");
+}
+
+/* Sends a constant body (not copied). */
+static enum MHD_Result web_send_const(req *r, unsigned status, const char *body, const char *ctype,
+                                      const char *allow)
+{
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(strlen(body), (void *)body, MHD_RESPMEM_PERSISTENT);
+    if (!resp)
+        return MHD_NO;
+    web_headers(resp, ctype, "no-cache");
+    if (allow)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+    enum MHD_Result ret = MHD_queue_response(r->c, status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+static enum MHD_Result web_not_found(req *r)
+{
+    return web_send_const(r, MHD_HTTP_NOT_FOUND, "not found\n", "text/plain; charset=utf-8", NULL);
+}
+
+/* The Content-Type for a file name's extension (ext includes the dot, or
+ * is NULL). */
+static const char *web_type(const char *ext)
+{
+    static const struct {
+        const char *ext, *type;
+    } types[] = {
+        {".html", "text/html; charset=utf-8"},
+        {".js", "text/javascript; charset=utf-8"},
+        {".mjs", "text/javascript; charset=utf-8"},
+        {".css", "text/css; charset=utf-8"},
+        {".svg", "image/svg+xml"},
+        {".png", "image/png"},
+        {".ico", "image/x-icon"},
+        {".json", "application/json"},
+        {".woff2", "font/woff2"},
+        {".map", "application/json"},
+        {".txt", "text/plain; charset=utf-8"},
+    };
+    for (size_t i = 0; ext && i < sizeof(types) / sizeof(types[0]); i++)
+        if (strcasecmp(ext, types[i].ext) == 0)
+            return types[i].type;
+    return "application/octet-stream";
+}
+
+/* A name carrying a content hash: 8 or more hex digits between two dots
+ * ("app.3f2a1b9c.js"); such a file never changes, so it is cached for good. */
+static bool web_hashed(const char *name)
+{
+    for (const char *p = strchr(name, '.'); p;) {
+        const char *next = strchr(p + 1, '.');
+        if (!next)
+            return false;
+        size_t n = (size_t)(next - p - 1);
+        if (n >= 8 && strspn(p + 1, "0123456789abcdefABCDEF") == n)
+            return true;
+        p = next;
+    }
+    return false;
+}
+
+/* Whether an Accept-Encoding value accepts coding (named, without q=0). */
+static bool web_accepts(const char *ae, const char *coding)
+{
+    size_t cl = strlen(coding);
+    for (const char *p = ae; *p;) {
+        p += strspn(p, " \t,");
+        const char *end = p + strcspn(p, ",");
+        size_t n = strcspn(p, ";, \t");
+        if (n == cl && strncasecmp(p, coding, cl) == 0) {
+            for (const char *q = p + n; q < end;) {
+                q += strspn(q, " \t;");
+                if (q < end && strncasecmp(q, "q=", 2) == 0)
+                    return strtod(q + 2, NULL) > 0.0;
+                q += strcspn(q, ";");
+            }
+            return true;
+        }
+        p = end;
+    }
+    return false;
+}
+
+/* One path component: 1..WEB_NAME_MAX bytes of letters, digits and
+ * "._-~@+", not starting with a dot (no ".", "..", nor hidden files). */
+static bool web_segment_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > WEB_NAME_MAX || s[0] == '.')
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)s[i]) && !strchr("._-~@+", s[i]))
+            return false;
+    return true;
+}
+
+/* Splits the URL path into checked components in buf (seg[] points into
+ * it). Returns how many (0 for "/"), or -1 when any is refused. */
+static int web_split(const char *url, char *buf, size_t cap, const char **seg)
+{
+    size_t len = strlen(url);
+    int n = 0;
+    if (url[0] != '/' || len >= cap)
+        return -1;
+    memcpy(buf, url + 1, len); /* with the NUL */
+    if (!buf[0])
+        return 0;
+    for (char *p = buf;;) {
+        char *slash = strchr(p, '/');
+        if (slash)
+            *slash = '\0';
+        if (n == WEB_DEPTH_MAX || !web_segment_ok(p))
+            return -1;
+        seg[n++] = p;
+        if (!slash)
+            return n;
+        p = slash + 1;
+    }
+}
+
+/* Opens root/seg[0]/.../seg[n-2]/last beneath root, refusing a symlink at
+ * every step; only a regular file up to WEB_FILE_MAX. Returns the fd with
+ * *st, or -1 with errno (ENOENT: no such file). */
+static int web_open(const char *root, const char *const *seg, int n, const char *last,
+                    struct stat *st)
+{
+    int fd = -1, e = 0;
+    int dir = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    for (int i = 0; dir >= 0 && i < n - 1; i++) {
+        int next = openat(dir, seg[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        e = errno;
+        close(dir);
+        dir = next;
+    }
+    if (dir < 0) {
+        errno = e ? e : errno;
+        return -1;
+    }
+    fd = openat(dir, last, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    e = errno;
+    close(dir);
+    if (fd < 0) {
+        errno = e;
+        return -1;
+    }
+    if (fstat(fd, st) != 0 || !S_ISREG(st->st_mode) || st->st_size > (off_t)WEB_FILE_MAX) {
+        close(fd);
+        errno = EACCES;
+        return -1;
+    }
+    return fd;
+}
+
+/* Serves the file seg[0..n-1] (n >= 1) from web_root, precompressed when
+ * the client accepts it. Returns 0 with *ret when a response was queued,
+ * or the errno of the failure (ENOENT: no such file, or no web_root). */
+static int web_file(req *r, const char *const *seg, int n, enum MHD_Result *ret)
+{
+    static const struct {
+        const char *suffix, *coding;
+    } variants[] = {{".br", "br"}, {".gz", "gzip"}, {"", NULL}};
+    const char *name = seg[n - 1];
+    const char *ae = header(r, MHD_HTTP_HEADER_ACCEPT_ENCODING);
+    char last[WEB_NAME_MAX + 4];
+    struct stat st;
+    int fd = -1, e = ENOENT;
+    size_t v;
+    if (!r->a->web_root)
+        return ENOENT;
+    for (v = 0; v < sizeof(variants) / sizeof(variants[0]); v++) {
+        if (variants[v].coding && !(ae && web_accepts(ae, variants[v].coding)))
+            continue;
+        snprintf(last, sizeof(last), "%s%s", name, variants[v].suffix);
+        if ((fd = web_open(r->a->web_root, seg, n, last, &st)) >= 0)
+            break;
+        e = errno;
+    }
+    if (fd < 0)
+        return e;
+    struct MHD_Response *resp = MHD_create_response_from_fd((uint64_t)st.st_size, fd);
+    if (!resp) {
+        close(fd);
+        *ret = MHD_NO;
+        return 0;
+    }
+    web_headers(resp, web_type(strrchr(name, '.')),
+                web_hashed(name) ? "public, max-age=31536000, immutable" : "no-cache");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_VARY, MHD_HTTP_HEADER_ACCEPT_ENCODING);
+    if (variants[v].coding)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_ENCODING, variants[v].coding);
+    *ret = MHD_queue_response(r->c, MHD_HTTP_OK, resp);
+    MHD_destroy_response(resp);
+    return 0;
+}
+
+/* GET/HEAD of a path outside /api/: the file, else index.html for a path
+ * without an extension (the dashboard's own routes), else 404; "/" without
+ * a built dashboard says so. */
+static enum MHD_Result web_serve(req *r)
+{
+    char buf[WEB_PATH_MAX];
+    const char *seg[WEB_DEPTH_MAX];
+    const char *index[] = {"index.html"};
+    enum MHD_Result ret = MHD_NO;
+    if (strcmp(r->method, "GET") != 0)
+        return web_send_const(r, MHD_HTTP_METHOD_NOT_ALLOWED,
+                              "only GET and HEAD are allowed outside /api/\n",
+                              "text/plain; charset=utf-8", "GET, HEAD");
+    int n = r->raw_bad ? -1 : web_split(r->url, buf, sizeof(buf), seg);
+    if (n < 0)
+        return web_not_found(r);
+    int e = n > 0 ? web_file(r, seg, n, &ret) : ENOENT;
+    if (e == 0)
+        return ret;
+    if (e != ENOENT || (n > 0 && strchr(seg[n - 1], '.')))
+        return web_not_found(r);
+    if (web_file(r, index, 1, &ret) == 0)
+        return ret;
+    return web_send_const(r, n == 0 ? MHD_HTTP_OK : MHD_HTTP_NOT_FOUND, web_not_built,
+                          "text/html; charset=utf-8", NULL);
+}
+
+/* Called with the raw request line's URI before it is decoded: marks a
+ * path that encodes '/', '\' or NUL, which no dashboard file name needs.
+ * The request starts here (on_request, on_completed). */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
+{
+    req *r = calloc(1, sizeof(*r));
+    (void)cls;
+    (void)c;
+    if (!r)
+        return NULL;
+    size_t n = strcspn(uri, "?");
+    for (size_t i = 0; i + 3 <= n; i++)
+        if (!strncasecmp(uri + i, "%2f", 3) || !strncasecmp(uri + i, "%5c", 3) ||
+            !strncmp(uri + i, "%00", 3))
+            r->raw_bad = true;
+    return r;
+}
+
 /* POST routes whose body may be left out (an empty object is fine too). */
 static bool body_optional(const route *rt)
 {
@@ -2209,6 +2494,8 @@ static enum MHD_Result dispatch(req *r)
     const route *rt = NULL;
     char allow[64] = "";
     bool path_known = false;
+    if (strncmp(r->url, "/api/", 5) != 0 && strcmp(r->url, "/api") != 0)
+        return web_serve(r);
     /* Pass 0: paths without {id}; pass 1, only when none matched: the rest. */
     for (int pass = 0; pass < 2 && !path_known; pass++) {
         for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
@@ -2288,11 +2575,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 {
     api *a = cls;
     req *r = *con_cls;
-    if (!r) {
-        r = calloc(1, sizeof(*r));
-        if (!r)
+    if (!r || !r->begun) {
+        /* on_uri made r, unless memory ran out there */
+        if (!r && !(r = calloc(1, sizeof(*r))))
             return MHD_NO;
         *con_cls = r;
+        r->begun = true;
         r->a = a;
         r->c = c;
         r->st = thread_store(a);
@@ -2483,6 +2771,12 @@ int api_start(api *a, const api_options *o, char *err, size_t errlen)
     if (api_parse_listen(o->listen, &ss, &sslen, err, errlen) != 0)
         return -1;
     a->body_max = o->body_max ? o->body_max : API_BODY_MAX;
+    free(a->web_root);
+    a->web_root = NULL;
+    if (o->web_root && !(a->web_root = strdup(o->web_root))) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
     unsigned flags = MHD_USE_TLS | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG |
                      MHD_ALLOW_SUSPEND_RESUME;
     if (!a->streams && !(a->streams = stream_hub_new(stream_store, a))) {
@@ -2504,7 +2798,8 @@ int api_start(api *a, const api_options *o, char *err, size_t errlen)
         "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2", MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)(o->connection_limit ? o->connection_limit : API_CONNECTION_LIMIT),
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30, MHD_OPTION_NOTIFY_COMPLETED, on_completed, a,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)API_THREADS, MHD_OPTION_END);
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)API_THREADS, MHD_OPTION_URI_LOG_CALLBACK, on_uri, a,
+        MHD_OPTION_END);
     if (!a->mhd) {
         snprintf(err, errlen, "cannot serve HTTPS on %s (address in use, or a bad certificate)",
                  o->listen);
@@ -2549,6 +2844,7 @@ void api_free(api *a)
     pthread_mutex_destroy(&a->lock);
     pthread_mutex_destroy(&a->signin_lock);
     free(a->hub_name);
+    free(a->web_root);
     free(a->db_path);
     free(a);
 }

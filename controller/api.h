@@ -30,6 +30,8 @@ typedef struct api_options {
     const char *key_pem;       /* PEM text of its key, kept by the caller */
     size_t body_max;           /* 0: API_BODY_MAX */
     unsigned connection_limit; /* 0: API_CONNECTION_LIMIT */
+    const char *web_root;      /* the dashboard's built files (copied), or NULL: "/" then
+                                  says the dashboard is not built here */
 } api_options;
 
 /* Parses "ADDR:PORT" / "[V6]:PORT" (numeric addresses only) into *ss.
@@ -62,7 +64,9 @@ API_WUR int api_bootstrap_admin(api *a, const char *env_token, char **token_out,
  * or -1 when memory runs out. */
 API_WUR int api_set_hub(api *a, hub *h, ca *c, const char *hub_name);
 
-/* Starts serving. Returns 0, or -1 with err (address in use, bad PEM...). */
+/* Starts serving: /api/ is the REST API, every other path a file under
+ * o->web_root (docs/controller.md, "Dashboard files"). Returns 0, or -1 with err (address in use,
+ * bad PEM...). */
 API_WUR int api_start(api *a, const api_options *o, char *err, size_t errlen);
 
 /* The port the server listens on (after api_start). */

@@ -35,6 +35,7 @@ typedef struct config {
     char *server_name;
     char *hub_listen;
     char *hub_name;
+    char *web_root;               /* the dashboard's built files; NULL: "/" says it is not built */
     int64_t event_retention_days; /* 0 = keep every event */
     int64_t event_retention_max;  /* 0 = no limit */
 } config;
@@ -48,6 +49,7 @@ static void config_free(config *c)
     free(c->server_name);
     free(c->hub_listen);
     free(c->hub_name);
+    free(c->web_root);
     memset(c, 0, sizeof(*c));
 }
 
@@ -67,6 +69,7 @@ static const config_key config_keys[] = {
     {"server_name", false, offsetof(config, server_name), 0, 0},
     {"hub_listen", false, offsetof(config, hub_listen), 0, 0},
     {"hub_name", false, offsetof(config, hub_name), 0, 0},
+    {"web_root", false, offsetof(config, web_root), 0, 0},
     {"event_retention_days", true, offsetof(config, event_retention_days), 0, 36500},
     {"event_retention_max", true, offsetof(config, event_retention_max), 0, INT64_C(1000000000000)},
 };
@@ -78,8 +81,10 @@ static void usage(FILE *f)
                "  --db FILE          the SQLite database (created on first start)\n"
                "  --listen ADDR:PORT where the HTTPS API listens (default 127.0.0.1:8443)\n"
                "  --hub-listen ADDR:PORT  where the node hub listens (default 127.0.0.1:8444)\n"
+               "  --web-root DIR     the dashboard's built files, served outside /api/\n"
+               "                     (default: none; / then says the dashboard is not built)\n"
                "  --config FILE      JSON config: listen, db, cert_file, key_file, server_name,\n"
-               "                     hub_listen, hub_name, event_retention_days,\n"
+               "                     hub_listen, hub_name, web_root, event_retention_days,\n"
                "                     event_retention_max\n"
                "  -n, --check        check the configuration, print 'configuration OK', exit\n"
                "  --version          print the version\n"
@@ -126,7 +131,7 @@ static int config_load(const char *path, config *c)
         if (k == NCONFIG_KEYS) {
             fprintf(stderr,
                     "portcullis-controller: %s: $.%s: unknown key (known: listen, db, "
-                    "cert_file, key_file, server_name, hub_listen, hub_name, "
+                    "cert_file, key_file, server_name, hub_listen, hub_name, web_root, "
                     "event_retention_days, event_retention_max)\n",
                     path, it->string);
             goto done;
@@ -204,6 +209,28 @@ static int hub_name_default(config *c)
     return (c->hub_name = strdup(host)) ? 0 : -1;
 }
 
+/* Says where the dashboard comes from; a missing build is no reason not
+ * to start (the API works without it; "/" says it is not built). */
+static void web_root_report(const char *dir)
+{
+    char *index = NULL;
+    if (!dir) {
+        printf("portcullis-controller: no dashboard (--web-root DIR or \"web_root\" names "
+               "its built files); / says so\n");
+        return;
+    }
+    if (asprintf(&index, "%s/index.html", dir) < 0)
+        index = NULL;
+    if (index && access(index, R_OK) == 0)
+        printf("portcullis-controller: dashboard served from %s\n", dir);
+    else
+        fprintf(stderr,
+                "portcullis-controller: warning: %s has no readable index.html (is the dashboard "
+                "built?); / says it is not built until it is\n",
+                dir);
+    free(index);
+}
+
 /* A thousand nodes need a thousand descriptors: raise the soft limit to the
  * hard one. */
 static void raise_fd_limit(void)
@@ -223,13 +250,15 @@ int main(int argc, char **argv)
         {"db", required_argument, NULL, 'd'},
         {"listen", required_argument, NULL, 'l'},
         {"hub-listen", required_argument, NULL, 'H'},
+        {"web-root", required_argument, NULL, 'W'},
         {"config", required_argument, NULL, 'c'},
         {"check", no_argument, NULL, 'n'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *config_path = NULL, *opt_db = NULL, *opt_listen = NULL, *opt_hub_listen = NULL;
+    const char *config_path = NULL, *opt_db = NULL, *opt_listen = NULL, *opt_hub_listen = NULL,
+               *opt_web_root = NULL;
     bool check_only = false;
     int ch, status = 1;
     config cfg = {0};
@@ -246,6 +275,7 @@ int main(int argc, char **argv)
         case 'd': opt_db = optarg; break;
         case 'l': opt_listen = optarg; break;
         case 'H': opt_hub_listen = optarg; break;
+        case 'W': opt_web_root = optarg; break;
         case 'c': config_path = optarg; break;
         case 'n': check_only = true; break;
         case 'V': printf("portcullis-controller %s\n", API_VERSION); return 0;
@@ -263,6 +293,7 @@ int main(int argc, char **argv)
         (opt_listen && set_opt(&cfg.listen, opt_listen) != 0) ||
         (!cfg.listen && set_opt(&cfg.listen, DEFAULT_LISTEN) != 0) ||
         (opt_hub_listen && set_opt(&cfg.hub_listen, opt_hub_listen) != 0) ||
+        (opt_web_root && set_opt(&cfg.web_root, opt_web_root) != 0) ||
         (!cfg.hub_listen && set_opt(&cfg.hub_listen, DEFAULT_HUB_LISTEN) != 0) ||
         hub_name_default(&cfg) != 0)
         goto done;
@@ -385,7 +416,10 @@ int main(int argc, char **argv)
         goto done;
     }
 
-    api_options o = {.listen = cfg.listen, .cert_pem = cert.cert_pem, .key_pem = cert.key_pem};
+    api_options o = {.listen = cfg.listen,
+                     .cert_pem = cert.cert_pem,
+                     .key_pem = cert.key_pem,
+                     .web_root = cfg.web_root};
     if (api_start(a, &o, err, sizeof(err)) != 0) {
         fprintf(stderr, "portcullis-controller: %s\n", err);
         goto done;
@@ -395,6 +429,7 @@ int main(int argc, char **argv)
     printf("portcullis-controller: listening on %s (port %u)\n", cfg.listen, (unsigned)api_port(a));
     printf("portcullis-controller: node hub listening on %s (port %u)\n", cfg.hub_listen,
            (unsigned)hub_port(hb));
+    web_root_report(cfg.web_root);
     fflush(stdout);
     int sig = 0;
     while (sigwait(&sigs, &sig) != 0)

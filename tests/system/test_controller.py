@@ -13,6 +13,7 @@ line in its stderr or an unclean exit on SIGTERM.
 """
 
 import argparse
+import gzip
 import http.client
 import json
 import os
@@ -38,8 +39,9 @@ START_TIMEOUT = 20.0
 class Controller:
     """One portcullis-controller process in its own temp dir."""
 
-    def __init__(self, tmp, env=None):
+    def __init__(self, tmp, env=None, args=()):
         self.tmp = Path(tmp)
+        self.args = list(args)
         self.db = self.tmp / "controller.db"
         self.env = dict(os.environ, **(env or {}))
         self.env.pop("PORTCULLIS_ADMIN_TOKEN", None) if not env else None
@@ -52,7 +54,8 @@ class Controller:
         self.err = self.tmp / ("stderr.%d" % self.runs)
         with open(self.out, "wb") as o, open(self.err, "wb") as e:
             self.proc = subprocess.Popen(
-                [CONTROLLER, "--db", str(self.db), "--listen", "127.0.0.1:0", "--hub-listen", "127.0.0.1:0"],
+                [CONTROLLER, "--db", str(self.db), "--listen", "127.0.0.1:0", "--hub-listen", "127.0.0.1:0"]
+                + self.args,
                 stdout=o, stderr=e, env=self.env, cwd=self.tmp)
         deadline = time.time() + START_TIMEOUT
         while time.time() < deadline:
@@ -132,9 +135,13 @@ def admin_token(stdout):
 class ControllerTest(unittest.TestCase):
     env = None
 
+    def controller_args(self):
+        """Extra command-line options for the controller."""
+        return ()
+
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="pc-controller-")
-        self.c = Controller(self.tmp, self.env)
+        self.c = Controller(self.tmp, self.env, self.controller_args())
         self.first_out = self.c.start()
         self.admin = admin_token(self.first_out)
 
@@ -1109,6 +1116,153 @@ class TestSignIn(ControllerTest):
             self.assertEqual(self.sign_in("guess%d" % i, "not the password")[0], 401)
         st, h, body, _ = self.sign_in("someone", "not the password")
         self.assertError((st, h, body), 429, "rate_limited")
+
+
+class TestDashboardFiles(ControllerTest):
+    """--web-root: the dashboard's built files outside /api/, with the security
+    headers, cache rules and precompressed variants; nothing outside the
+    directory is ever served."""
+
+    INDEX = b"<!doctype html><title>Portcullis</title><script src=/app.0123abcd.js></script>"
+    APP = b"console.log('portcullis dashboard');\n" * 50
+    CSS = b"body { margin: 0 }\n"
+
+    def controller_args(self):
+        self.web = Path(tempfile.mkdtemp(prefix="pc-web-"))
+        (self.web / "index.html").write_bytes(self.INDEX)
+        (self.web / "app.0123abcd.js").write_bytes(self.APP)
+        with gzip.open(self.web / "app.0123abcd.js.gz", "wb") as f:
+            f.write(self.APP)
+        (self.web / "style.css").write_bytes(self.CSS)
+        (self.web / "assets").mkdir()
+        (self.web / "assets" / "logo.svg").write_bytes(b"<svg xmlns='http://www.w3.org/2000/svg'/>")
+        os.symlink("/etc/passwd", self.web / "passwd")
+        os.symlink("/etc/passwd", self.web / "leak.txt")
+        os.symlink("/etc", self.web / "etc")
+        return ("--web-root", str(self.web))
+
+    def tearDown(self):
+        try:
+            super().tearDown()
+        finally:
+            shutil.rmtree(self.web, ignore_errors=True)
+
+    def get(self, path, method="GET", headers=None):
+        """Raw (status, headers, body bytes): no JSON parsing."""
+        c = http.client.HTTPSConnection("127.0.0.1", self.c.port, context=self.c.ctx, timeout=15)
+        try:
+            c.request(method, path, headers=headers or {})
+            r = c.getresponse()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        finally:
+            c.close()
+
+    def assertSecurityHeaders(self, h):
+        self.assertEqual(h["content-security-policy"],
+                         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                         "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+        self.assertEqual(h["x-content-type-options"], "nosniff")
+        self.assertEqual(h["referrer-policy"], "no-referrer")
+        self.assertEqual(h["x-frame-options"], "DENY")
+
+    def test_index_and_files(self):
+        self.assertIn("dashboard served from", self.first_out)
+        st, h, body = self.get("/")
+        self.assertEqual((st, body), (200, self.INDEX))
+        self.assertEqual(h["content-type"], "text/html; charset=utf-8")
+        self.assertEqual(h["cache-control"], "no-cache")
+        self.assertSecurityHeaders(h)
+        st, h, body = self.get("/app.0123abcd.js")
+        self.assertEqual((st, body), (200, self.APP), "no Accept-Encoding: the plain file")
+        self.assertNotIn("content-encoding", h)
+        self.assertEqual(h["content-type"], "text/javascript; charset=utf-8")
+        self.assertEqual(h["cache-control"], "public, max-age=31536000, immutable")
+        self.assertSecurityHeaders(h)
+        st, h, body = self.get("/app.0123abcd.js", headers={"Accept-Encoding": "gzip, deflate"})
+        self.assertEqual((st, h.get("content-encoding")), (200, "gzip"), h)
+        self.assertEqual(gzip.decompress(body), self.APP)
+        self.assertLess(len(body), len(self.APP))
+        self.assertIn("accept-encoding", h["vary"].lower())
+        st, h, body = self.get("/app.0123abcd.js", headers={"Accept-Encoding": "gzip;q=0, br;q=0"})
+        self.assertEqual((st, body, h.get("content-encoding")), (200, self.APP, None), "q=0 refuses gzip")
+        st, h, body = self.get("/style.css")
+        self.assertEqual((st, body, h["content-type"]), (200, self.CSS, "text/css; charset=utf-8"))
+        self.assertEqual(h["cache-control"], "no-cache", "no hash in the name: revalidated")
+        st, h, body = self.get("/assets/logo.svg")
+        self.assertEqual((st, h["content-type"]), (200, "image/svg+xml"))
+        st, h, body = self.get("/", method="HEAD")
+        self.assertEqual((st, body), (200, b""))
+        self.assertEqual(h["content-length"], str(len(self.INDEX)))
+
+    def test_app_routes_and_missing_files(self):
+        for path in ("/some/route", "/offices", "/policy/regions/3"):
+            with self.subTest(path=path):
+                st, h, body = self.get(path)
+                self.assertEqual((st, body), (200, self.INDEX), "a dashboard route gets index.html")
+                self.assertEqual(h["cache-control"], "no-cache")
+                self.assertSecurityHeaders(h)
+        for path in ("/missing.js", "/assets/missing.png", "/assets", "/assets/"):
+            with self.subTest(path=path):
+                st, h, body = self.get(path)
+                self.assertEqual(st, 404, body)
+                self.assertTrue(h["content-type"].startswith("text/plain"), h)
+                self.assertSecurityHeaders(h)
+        # /api/ stays the API's: JSON errors, never index.html.
+        st, h, body = self.c.request("GET", "/api/v1/nothing-here")
+        self.assertEqual((st, body["error"]["code"]), (404, "no_route"), body)
+
+    def test_nothing_outside_the_root(self):
+        passwd = Path("/etc/passwd").read_bytes()
+        for path in ("/../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/a/%2F../x", "/%2Fetc%2Fpasswd",
+                     "/..%2F..%2Fetc%2Fpasswd", "/passwd", "/leak.txt", "/etc/passwd", "/etc/hostname",
+                     "/assets/../../etc/passwd", "/./index.html", "/.hidden", "/index.html%00.js",
+                     "/assets/..%5C..%5Cetc%5Cpasswd", "//etc/passwd"):
+            with self.subTest(path=path):
+                st, h, body = self.get(path)
+                self.assertEqual(st, 404, (path, body[:200]))
+                self.assertNotIn(b"root:", body)
+                self.assertNotEqual(body, passwd)
+                self.assertSecurityHeaders(h)
+
+    def test_other_methods(self):
+        for method in ("POST", "PUT", "DELETE", "PATCH"):
+            with self.subTest(method=method):
+                st, h, body = self.get("/", method=method)
+                self.assertEqual(st, 405, body)
+                self.assertEqual(h["allow"], "GET, HEAD")
+                self.assertSecurityHeaders(h)
+        st, h, body = self.get("/some/route", method="POST")
+        self.assertEqual(st, 405)
+
+
+class TestDashboardNotBuilt(ControllerTest):
+    """Without --web-root (or with a directory that has no index.html) the
+    controller still starts and "/" says the dashboard is not built."""
+
+    def check_not_built(self):
+        st, h, body = self.c.request("GET", "/")
+        self.assertEqual(st, 200, body)
+        self.assertEqual(h["content-type"], "text/html; charset=utf-8")
+        self.assertIn(b"The Portcullis dashboard is not built here", body)
+        self.assertIn(b"/api/v1/", body)
+        self.assertIn(b"--web-root", body)
+        self.assertIn("default-src 'self'", h["content-security-policy"])
+        self.assertEqual(self.c.request("GET", "/api/v1/health")[0], 200, "the API works without it")
+        st, h, body = self.c.request("GET", "/app.0123abcd.js")
+        self.assertEqual(st, 404, body)
+
+    def test_no_web_root(self):
+        self.assertIn("no dashboard", self.first_out)
+        self.check_not_built()
+
+    def test_empty_web_root(self):
+        self.c.stop()
+        empty = Path(self.tmp) / "dist"
+        empty.mkdir()
+        self.c.args = ["--web-root", str(empty)]
+        self.c.start()
+        self.assertIn("no readable index.html", self.c.err.read_text())
+        self.check_not_built()
 
 
 def main():
