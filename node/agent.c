@@ -7,6 +7,8 @@
  */
 #include "agent.h"
 
+#include "pc_pki.h"
+
 #include "pc_wire.h"
 
 #include <errno.h>
@@ -224,66 +226,11 @@ done:
     return ret;
 }
 
-/* Writes path atomically: temp file in the same directory, fsync, rename,
- * fsync of the directory. */
+/* Writes path atomically (pki_write_file: a temp file of its own in the same
+ * directory, fsync, rename, fsync of the directory). */
 static int write_atomic(const char *path, const void *data, size_t len, char *err, size_t errlen)
 {
-    int ret = -1, fd = -1;
-    size_t n = strlen(path) + 8;
-    char *tmp = malloc(n);
-    if (!tmp) {
-        snprintf(err, errlen, "%s: out of memory", path);
-        return -1;
-    }
-    snprintf(tmp, n, "%s.tmp", path);
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-    if (fd < 0) {
-        snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
-        goto done;
-    }
-    const char *p = data;
-    size_t off = 0;
-    while (off < len) {
-        ssize_t w = write(fd, p + off, len - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0) {
-            snprintf(err, errlen, "%s: %s", tmp, w < 0 ? strerror(errno) : "short write");
-            goto done;
-        }
-        off += (size_t)w;
-    }
-    if (fsync(fd) != 0) {
-        snprintf(err, errlen, "%s: fsync: %s", tmp, strerror(errno));
-        goto done;
-    }
-    if (close(fd) != 0) {
-        fd = -1;
-        snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
-        goto done;
-    }
-    fd = -1;
-    if (rename(tmp, path) != 0) {
-        snprintf(err, errlen, "%s: rename: %s", path, strerror(errno));
-        goto done;
-    }
-    char *slash = strrchr(tmp, '/');
-    if (slash) {
-        *slash = '\0';
-        int dfd = open(slash == tmp ? "/" : tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd >= 0) {
-            fsync(dfd);
-            close(dfd);
-        }
-    }
-    ret = 0;
-done:
-    if (fd >= 0)
-        close(fd);
-    if (ret != 0)
-        unlink(tmp);
-    free(tmp);
-    return ret;
+    return pki_write_file(path, data, len, 0640, err, errlen);
 }
 
 bool agent_enrolled(const char *state_dir)
