@@ -628,7 +628,11 @@ static void report_refusal(int status, const char *body)
     cJSON_Delete(ans);
 }
 
-/* Connects, verifies the hub, sends the request and handles the answer. */
+/* Connects, verifies the hub, sends the request and handles the answer.
+ * Returns 0 (enrolled), -1 (refused or failed: said on stderr), or
+ * ENROLL_BUSY (the hub's enrollment rate limit: 429; nothing was used). */
+#define ENROLL_BUSY 1
+#define ENROLL_ATTEMPTS 6
 static int enroll_run(enroll_job *j, const char *token)
 {
     int rc = -1, fd = -1, status = 0;
@@ -701,6 +705,10 @@ static int enroll_run(enroll_job *j, const char *token)
     }
     if (read_answer(ssl, j, answer, &alen) != 0 || parse_answer(answer, alen, &status, &abody) != 0)
         goto done;
+    if (status == 429) {
+        rc = ENROLL_BUSY;
+        goto done;
+    }
     if (status != 200) {
         report_refusal(status, abody);
         goto done;
@@ -779,5 +787,23 @@ int node_enroll_main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     if (state_dir(j.state) != 0)
         return 1;
-    return enroll_run(&j, token) == 0 ? 0 : 1;
+    /* The hub answers a limited number of enrollments a second (429 past
+     * that, token untouched): when many nodes enroll at once, wait and try
+     * again a few times before giving up. */
+    for (int attempt = 1; attempt <= ENROLL_ATTEMPTS; attempt++) {
+        int rc = enroll_run(&j, token);
+        if (rc != ENROLL_BUSY)
+            return rc == 0 ? 0 : 1;
+        if (attempt < ENROLL_ATTEMPTS) {
+            fprintf(stderr,
+                    "portcullis-node: the controller is busy with other enrollments (HTTP 429); "
+                    "trying again in %d s\n",
+                    attempt);
+            sleep((unsigned)attempt);
+        }
+    }
+    fail("the controller stayed busy with other enrollments (HTTP 429) after %d attempts; the "
+         "token was not used, try again later",
+         ENROLL_ATTEMPTS);
+    return 1;
 }

@@ -1388,6 +1388,60 @@ class TestHubSafeguards(LinkTest):
         wait_for("the node to show as connected", lambda: self.c.node(n.id)["connected"])
         self.assertGreaterEqual(self.c.hub_stats()["enrollments"], 1)
 
+    def test_enroll_command_waits_out_a_burst(self):
+        """`portcullis-node enroll` meeting the hub's 429 waits and tries again
+        with the same token instead of failing."""
+        ctx = ssl.create_default_context(cafile=str(self.c.db) + ".ca.pem")
+        retried = 0
+        for attempt in range(3):
+            flood = threading.Event()
+            limited = threading.Event()
+
+            def hammer():
+                c = None
+                while not flood.is_set():
+                    try:
+                        if c is None:
+                            c = http.client.HTTPSConnection("127.0.0.1", self.c.hub_port, context=ctx,
+                                                            timeout=10)
+                        c.request("POST", "/enroll", body=b"{", headers={"Content-Type": "application/json"})
+                        r = c.getresponse()
+                        r.read()
+                        if r.status == 429:
+                            limited.set()
+                    except (OSError, http.client.HTTPException):
+                        if c:
+                            c.close()
+                        c = None
+                if c:
+                    c.close()
+            ts = [threading.Thread(target=hammer) for _ in range(4)]
+            for t in ts:
+                t.start()
+            try:
+                self.assertTrue(limited.wait(20), "the burst never met the rate limit")
+                name = "gw-burst-%d" % attempt
+                node_id = self.c.ok("POST", "/api/v1/nodes", {"name": name, "office_id": self.office("Berlin")})["id"]
+                token = self.token_for(node_id)
+                n = Node(self.tmp, name)
+                p = subprocess.Popen([NODE, "enroll", "--controller", self.c.hub_url, "--token", token,
+                                      "--state", str(n.state)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+                time.sleep(1.5)
+            finally:
+                flood.set()
+                for t in ts:
+                    t.join()
+            out, err = p.communicate(timeout=60)
+            check_stderr("node enroll", err)
+            self.assertEqual(p.returncode, 0, err)
+            self.assertIn("enrolled as " + name, out)
+            if "busy with other enrollments (HTTP 429); trying again" in err:
+                retried += 1
+                break
+            time.sleep(1.5)
+        self.assertGreater(retried, 0, "the enroll command never met the limit in 3 bursts")
+
     def test_node_state_survives_a_locked_database(self):
         n, ctx = self.scripted_node("gw-locked")
         s = ws_connect("127.0.0.1", self.c.hub_port, ctx)
