@@ -1135,9 +1135,12 @@ static int on_receive(agent *a, struct lws *wsi, const char *in, size_t len)
     if (a->rxlen + len > PCW_CONTROLLER_FRAME_MAX) {
         logf_("a message from the controller is larger than %d bytes; closing the link",
               PCW_CONTROLLER_FRAME_MAX);
+        /* Like every close the node starts: the frame (1009) goes out from
+         * the writable callback, and what else arrives is ignored. */
+        link_close(a, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, "message too large");
         snprintf(a->down_reason, sizeof(a->down_reason), "message from the controller too large");
-        lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, (unsigned char *)"too large", 9);
-        return -1;
+        a->rxlen = 0;
+        return 0;
     }
     if (a->rxlen + len > a->rxcap) {
         size_t cap = a->rxcap ? a->rxcap : 65536;

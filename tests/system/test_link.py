@@ -1104,6 +1104,24 @@ class TestAgainstFakeController(unittest.TestCase):
         self.assertEqual(self.state_file("policy.good.json"), good)
         s.close()
 
+    def test_oversized_message_is_refused_with_a_close_frame(self):
+        self.node.start(wait_link=False)
+        s, hello = self.hub.accept()
+        self.confirm(s)
+        # More than the 4 MiB a node takes from its controller, in one frame:
+        # the node closes with 1009 and connects again, on its own policy.
+        big = b'{"type":"ping","v":1,"time":1,"pad":"' + b"x" * (5 * 1024 * 1024) + b'"}'
+        try:
+            s.sendall(bytes([0x81, 127]) + struct.pack(">Q", len(big)) + big)
+        except OSError:
+            pass
+        code, reason = FakeHub.expect_close(s)
+        self.assertEqual(code, 1009, reason)
+        s2, hello2 = self.hub.accept(timeout=20)
+        self.assertEqual(hello2["policy"], hello["policy"])
+        s2.close()
+        self.node.wait_log("message from the controller too large")
+
     def test_revert_without_a_good_document_goes_to_the_built_in_policy(self):
         self.node.start(wait_link=False)
         s, hello = self.hub.accept()
