@@ -2,6 +2,8 @@
  * or a self-signed EC P-256 certificate made once and reused (tlscert.h). */
 #include "tlscert.h"
 
+#include "pc_pki.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -34,40 +36,7 @@ static void ssl_err(char *err, size_t errlen, const char *what)
 
 static int read_file(const char *path, char **out, char *err, size_t errlen)
 {
-    int rc = -1;
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = fopen(path, "rb");
-    *out = NULL;
-    if (!f) {
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
-        return -1;
-    }
-    buf = malloc(TLSCERT_FILE_MAX + 1);
-    if (!buf) {
-        snprintf(err, errlen, "%s: out of memory", path);
-        goto done;
-    }
-    len = fread(buf, 1, TLSCERT_FILE_MAX + 1, f);
-    if (ferror(f)) {
-        snprintf(err, errlen, "%s: read error", path);
-        goto done;
-    }
-    if (len > TLSCERT_FILE_MAX) {
-        snprintf(err, errlen, "%s: larger than %d bytes", path, TLSCERT_FILE_MAX);
-        goto done;
-    }
-    buf[len] = '\0';
-    *out = buf;
-    buf = NULL;
-    rc = 0;
-done:
-    if (buf) {
-        explicit_bzero(buf, TLSCERT_FILE_MAX + 1);
-        free(buf);
-    }
-    fclose(f);
-    return rc;
+    return pki_read_file(path, TLSCERT_FILE_MAX, out, NULL, err, errlen);
 }
 
 static int fingerprint(X509 *x, char out[96])
