@@ -4,17 +4,13 @@
 
 #include "pc_pki.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/bio.h>
-#include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
-#include <openssl/rand.h>
 #include <openssl/x509.h>
-#include <openssl/x509v3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,19 +95,6 @@ fail:
     return -1;
 }
 
-static int add_ext(X509 *x, int nid, const char *value)
-{
-    X509V3_CTX ctx;
-    X509V3_set_ctx_nodb(&ctx);
-    X509V3_set_ctx(&ctx, x, x, NULL, NULL, 0);
-    X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
-    if (!ext)
-        return -1;
-    int ok = X509_add_ext(x, ext, -1);
-    X509_EXTENSION_free(ext);
-    return ok == 1 ? 0 : -1;
-}
-
 /* A DNS name we are willing to put in a SAN: letters, digits, '-', '.'. */
 static int san_name_ok(const char *s)
 {
@@ -127,96 +110,25 @@ static int san_name_ok(const char *s)
     return 1;
 }
 
-static char *bio_text(BIO *b)
-{
-    char *p = NULL;
-    long n = BIO_get_mem_data(b, &p);
-    if (n <= 0)
-        return NULL;
-    char *s = malloc((size_t)n + 1);
-    if (!s)
-        return NULL;
-    memcpy(s, p, (size_t)n);
-    s[n] = '\0';
-    return s;
-}
-
 static int make_self_signed(const char *server_name, tlscert *out, char *err, size_t errlen)
 {
     int rc = -1;
     EVP_PKEY *k = NULL;
     X509 *x = NULL;
-    BIO *cb = NULL, *kb = NULL;
-    unsigned char serial[16];
-    BIGNUM *bn = NULL;
-    char san[600];
-
-    k = EVP_EC_gen("P-256");
-    if (!k) {
-        ssl_err(err, errlen, "EC P-256 key");
+    bool named = server_name && *server_name && strcmp(server_name, "localhost") != 0;
+    const char *sans[] = {"localhost", "127.0.0.1", named ? server_name : NULL, NULL};
+    const char *cn = named && strlen(server_name) <= 64 ? server_name : "localhost";
+    if (pki_key_new(&k, err, errlen) != 0 ||
+        pki_issue_key(NULL, NULL, k, cn, sans, PKI_SERVER, 3650, &x, err, errlen) != 0 ||
+        pki_cert_to_pem(x, &out->cert_pem, err, errlen) != 0 ||
+        pki_key_to_pem(k, &out->key_pem, err, errlen) != 0)
         goto done;
-    }
-    x = X509_new();
-    if (!x || X509_set_version(x, 2) != 1) {
-        ssl_err(err, errlen, "certificate");
-        goto done;
-    }
-    if (RAND_bytes(serial, sizeof(serial)) != 1) {
-        ssl_err(err, errlen, "serial");
-        goto done;
-    }
-    serial[0] &= 0x7f; /* positive */
-    bn = BN_bin2bn(serial, sizeof(serial), NULL);
-    if (!bn || !BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x))) {
-        ssl_err(err, errlen, "serial");
-        goto done;
-    }
-    const char *cn = (server_name && *server_name) ? server_name : "localhost";
-    X509_NAME *name = X509_get_subject_name(x);
-    if (!X509_gmtime_adj(X509_getm_notBefore(x), -3600) ||
-        !X509_gmtime_adj(X509_getm_notAfter(x), 10L * 365 * 24 * 3600) ||
-        X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC, (const unsigned char *)"Portcullis", -1,
-                                   -1, 0) != 1 ||
-        X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1,
-                                   0) != 1 ||
-        X509_set_issuer_name(x, name) != 1 || X509_set_pubkey(x, k) != 1) {
-        ssl_err(err, errlen, "certificate fields");
-        goto done;
-    }
-    if (server_name && *server_name && strcmp(server_name, "localhost") != 0)
-        snprintf(san, sizeof(san), "DNS:localhost,IP:127.0.0.1,DNS:%s", server_name);
-    else
-        snprintf(san, sizeof(san), "DNS:localhost,IP:127.0.0.1");
-    if (add_ext(x, NID_basic_constraints, "critical,CA:FALSE") != 0 ||
-        add_ext(x, NID_key_usage, "critical,digitalSignature") != 0 ||
-        add_ext(x, NID_ext_key_usage, "serverAuth") != 0 ||
-        add_ext(x, NID_subject_key_identifier, "hash") != 0 ||
-        add_ext(x, NID_subject_alt_name, san) != 0) {
-        ssl_err(err, errlen, "certificate extensions");
-        goto done;
-    }
-    if (X509_sign(x, k, EVP_sha256()) <= 0) {
-        ssl_err(err, errlen, "signing the certificate");
-        goto done;
-    }
-    cb = BIO_new(BIO_s_mem());
-    kb = BIO_new(BIO_s_mem());
-    if (!cb || !kb || PEM_write_bio_X509(cb, x) != 1 ||
-        PEM_write_bio_PrivateKey(kb, k, NULL, NULL, 0, NULL, NULL) != 1) {
-        ssl_err(err, errlen, "PEM encoding");
-        goto done;
-    }
-    out->cert_pem = bio_text(cb);
-    out->key_pem = bio_text(kb);
-    if (!out->cert_pem || !out->key_pem || fingerprint(x, out->fingerprint) != 0) {
+    if (fingerprint(x, out->fingerprint) != 0) {
         snprintf(err, errlen, "out of memory");
         goto done;
     }
     rc = 0;
 done:
-    BN_free(bn);
-    BIO_free(cb);
-    BIO_free(kb);
     X509_free(x);
     EVP_PKEY_free(k);
     return rc;

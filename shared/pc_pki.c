@@ -352,7 +352,9 @@ int pki_issue_key(X509 *ca, EVP_PKEY *ca_key, EVP_PKEY *key, const char *cn,
     int rc = -1;
     X509 *x = NULL;
     *out = NULL;
-    if (X509_check_private_key(ca, ca_key) != 1) {
+    if (!ca) {
+        ca_key = key; /* self-signed */
+    } else if (X509_check_private_key(ca, ca_key) != 1) {
         ERR_clear_error();
         snprintf(err, errlen, "the CA key does not belong to the CA certificate");
         goto done;
@@ -363,12 +365,14 @@ int pki_issue_key(X509 *ca, EVP_PKEY *ca_key, EVP_PKEY *key, const char *cn,
     }
     if (cert_base(x, cn, days, key, err, errlen) != 0)
         goto done;
-    if (X509_set_issuer_name(x, X509_get_subject_name(ca)) != 1 ||
-        add_ext(x, ca, NID_basic_constraints, "critical,CA:FALSE") != 0 ||
-        add_ext(x, ca, NID_key_usage, "critical,digitalSignature") != 0 ||
-        add_ext(x, ca, NID_ext_key_usage, usage == PKI_SERVER ? "serverAuth" : "clientAuth") != 0 ||
-        add_ext(x, ca, NID_subject_key_identifier, "hash") != 0 ||
-        add_ext(x, ca, NID_authority_key_identifier, "keyid:always") != 0) {
+    X509 *issuer = ca ? ca : x;
+    if (X509_set_issuer_name(x, X509_get_subject_name(issuer)) != 1 ||
+        add_ext(x, issuer, NID_basic_constraints, "critical,CA:FALSE") != 0 ||
+        add_ext(x, issuer, NID_key_usage, "critical,digitalSignature") != 0 ||
+        add_ext(x, issuer, NID_ext_key_usage, usage == PKI_SERVER ? "serverAuth" : "clientAuth") !=
+            0 ||
+        add_ext(x, issuer, NID_subject_key_identifier, "hash") != 0 ||
+        (ca && add_ext(x, issuer, NID_authority_key_identifier, "keyid:always") != 0)) {
         ssl_err(err, errlen, "the certificate's extensions");
         goto done;
     }

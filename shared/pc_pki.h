@@ -52,7 +52,8 @@ typedef enum { PKI_CLIENT = 0, PKI_SERVER = 1 } pki_usage;
 PKI_WUR int pki_issue(X509 *ca, EVP_PKEY *ca_key, const char *csr_pem, const char *cn,
                       const char *const *sans, pki_usage usage, int days, X509 **out, char *err,
                       size_t errlen);
-/* The same for a key already in hand (the hub's own server certificate). */
+/* The same for a key already in hand (the hub's own server certificate).
+ * ca NULL: a self-signed leaf, signed with key (ca_key is not used). */
 PKI_WUR int pki_issue_key(X509 *ca, EVP_PKEY *ca_key, EVP_PKEY *key, const char *cn,
                           const char *const *sans, pki_usage usage, int days, X509 **out,
                           char *err, size_t errlen);

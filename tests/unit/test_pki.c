@@ -186,6 +186,25 @@ static void test_server_usage(void)
     EVP_PKEY_free(k);
 }
 
+/* ca NULL: a self-signed leaf (the controller's REST certificate). */
+static void test_self_signed(void)
+{
+    char err[512];
+    EVP_PKEY *k = NULL;
+    X509 *x = NULL;
+    const char *const sans[] = {"localhost", "127.0.0.1", NULL};
+    CU_ASSERT_FATAL(pki_key_new(&k, err, sizeof(err)) == 0);
+    CU_ASSERT_FATAL(
+        pki_issue_key(NULL, NULL, k, "localhost", sans, PKI_SERVER, 10, &x, err, sizeof(err)) == 0);
+    CU_ASSERT_EQUAL(X509_verify(x, k), 1);
+    CU_ASSERT_EQUAL(X509_NAME_cmp(X509_get_subject_name(x), X509_get_issuer_name(x)), 0);
+    CU_ASSERT_EQUAL(X509_check_host(x, "localhost", 0, 0, NULL), 1);
+    CU_ASSERT_EQUAL(X509_check_ip_asc(x, "127.0.0.1", 0), 1);
+    CU_ASSERT_EQUAL(X509_check_ca(x), 0);
+    X509_free(x);
+    EVP_PKEY_free(k);
+}
+
 static void test_pem_roundtrip_and_fingerprint(void)
 {
     char err[256], fp1[PKI_FP_HEX], fp2[PKI_FP_HEX], fp3[PKI_FP_HEX], *pem = NULL, *kpem = NULL;
@@ -790,6 +809,7 @@ int unit_register(void)
     static const unit_case pki[] = {
         {"issue and verify", test_issue_and_verify},
         {"server usage", test_server_usage},
+        {"self-signed", test_self_signed},
         {"pem roundtrip and fingerprint", test_pem_roundtrip_and_fingerprint},
         {"cn charset", test_cn_charset},
         {"bad requests refused", test_bad_requests_refused},
