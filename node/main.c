@@ -772,7 +772,9 @@ int main(int argc, char **argv)
     status = 0;
 done:
     if (loop_open) {
-        /* The signal handlers last: until here a stop signal is absorbed. */
+        /* The signal handlers last: until here a stop signal is absorbed, and
+         * from here on it stays blocked (pending at exit, never fatal). */
+        pthread_sigmask(SIG_BLOCK, &set, NULL);
         uv_signal_t *sigs2[] = {&n.sig_hup, &n.sig_usr1, &n.sig_int, &n.sig_term};
         for (size_t i = 0; i < 4; i++)
             if (!uv_is_closing((uv_handle_t *)sigs2[i]))
